@@ -1,0 +1,184 @@
+"""``load_dataset``: one entry point for every supported dataset, with default locations.
+
+Default roots (``root=None``): ``$ISA_DISTILL_DATA/<folder>`` (``ISA_DISTILL_DATA`` defaults
+to ``~/data``), then system-wide copies:
+
+==============  =====================================================================
+digits          bundled with scikit-learn, no files needed
+mnist           ``<data>/mnist``, ``/usr/share/datasets/mnist`` (IDX files, .gz or not)
+fashion-mnist   ``<data>/fashion-mnist``, ``/usr/share/datasets/fashion-mnist``
+                (Debian: ``apt-get install dataset-fashion-mnist``)
+cifar10         ``<data>/cifar-10-batches-py`` or ``<data>/cifar-10-python.tar.gz``
+cifar100        ``<data>/cifar-100-python`` or ``<data>/cifar-100-python.tar.gz``
+image-folder    no default: pass ``root``
+==============  =====================================================================
+
+A given ``root`` may be the data folder itself or a folder holding the usual sub-folder or
+archive name. Validation is held out of train (stratified, seeded by ``seed``). Datasets
+without a test split (digits, an image folder without ``test/``) get a stratified test split
+carved with a FIXED seed, so the test set never depends on ``seed``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .cifar import CIFAR10_FILES, CIFAR100_FILES, load_cifar
+from .digits import load_digits_split
+from .errors import DatasetFormatError, DatasetNotFoundError
+from .idx import has_idx_files, load_idx_split
+from .image_folder import load_image_folder
+from .splits import DatasetSplits, Split, stratified_holdout
+
+KNOWN_DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10", "cifar100", "image-folder")
+# Grayscale digit/clothing sets: no ZCA (the protocol's choice for MNIST and Fashion-MNIST; we
+# treat sklearn's digits the same way) and no horizontal flips (they change the class meaning).
+MNIST_LIKE = ("digits", "mnist", "fashion-mnist")
+CARVED_TEST_FRACTION = 0.2
+CARVED_TEST_SEED = 0
+
+FASHION_MNIST_LABELS = [
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+]  # fmt: skip
+_HOW_TO_GET = {
+    "mnist": "download the four *-ubyte.gz files from the MNIST page into one folder",
+    "fashion-mnist": "run `apt-get install dataset-fashion-mnist` (Debian) or download the four "
+    "*-ubyte.gz files from github.com/zalandoresearch/fashion-mnist into one folder",
+    "cifar10": "download cifar-10-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html "
+    "(the archive or its extracted cifar-10-batches-py folder both work)",
+    "cifar100": "download cifar-100-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html "
+    "(the archive or its extracted cifar-100-python folder both work)",
+    "image-folder": "pass root=<folder> holding <class>/<image> or train/<class>/<image>",
+}
+
+
+def uses_zca_by_default(name: str) -> bool:
+    """ZCA whitening is the protocol's default for every dataset except the MNIST-like ones."""
+    _check_name(name)
+    return name not in MNIST_LIKE
+
+
+def allows_flip(name: str) -> bool:
+    """Horizontal flips are label-preserving except for digits and clothing silhouettes."""
+    _check_name(name)
+    return name not in MNIST_LIKE
+
+
+def data_home() -> Path:
+    return Path(os.environ.get("ISA_DISTILL_DATA", "~/data")).expanduser()
+
+
+def _check_name(name: str) -> None:
+    if name not in KNOWN_DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; known datasets: {', '.join(KNOWN_DATASETS)}")
+
+
+def _candidates(name: str, root: Path | None) -> list[Path]:
+    subfolders = {
+        "mnist": ["mnist", "MNIST/raw"],
+        "fashion-mnist": ["fashion-mnist", "FashionMNIST/raw"],
+        "cifar10": ["cifar-10-batches-py", "cifar-10-python.tar.gz"],
+        "cifar100": ["cifar-100-python", "cifar-100-python.tar.gz"],
+    }[name]
+    if root is not None:
+        return [root] + [root / sub for sub in subfolders]
+    system = {
+        "mnist": [Path("/usr/share/datasets/mnist")],
+        "fashion-mnist": [Path("/usr/share/datasets/fashion-mnist")],
+    }.get(name, [])
+    return [data_home() / sub for sub in subfolders] + system
+
+
+def _looks_complete(name: str, path: Path) -> bool:
+    if name in ("mnist", "fashion-mnist"):
+        return path.is_dir() and has_idx_files(path)
+    if path.is_file():
+        return path.name.endswith((".tar.gz", ".tgz", ".tar"))
+    meta = (CIFAR100_FILES if name == "cifar100" else CIFAR10_FILES)["meta"]
+    return (path / meta).is_file()
+
+
+def _locate(name: str, root: Path | None) -> Path:
+    candidates = _candidates(name, root)
+    for path in candidates:
+        if _looks_complete(name, path):
+            return path
+    looked = "\n  ".join(str(p) for p in candidates)
+    raise DatasetNotFoundError(
+        f"dataset {name!r} not found; looked in:\n  {looked}\nTo get it: {_HOW_TO_GET[name]}"
+        + ("" if root is not None else " (or set ISA_DISTILL_DATA, or pass root=...)")
+    )
+
+
+def _check_labels(split: Split, num_classes: int, where: str) -> None:
+    if len(split) and (int(split.labels.min()) < 0 or int(split.labels.max()) >= num_classes):
+        raise DatasetFormatError(
+            f"{where}: labels must lie in [0, {num_classes}), found "
+            f"[{int(split.labels.min())}, {int(split.labels.max())}]"
+        )
+
+
+def _raw_splits(
+    name: str, root: Path | None, image_size: int | None, grayscale: bool
+) -> tuple[dict[str, Split], list[str]]:
+    if name == "digits":
+        train, class_names = load_digits_split()
+        return {"train": train}, class_names
+    if name == "image-folder":
+        if root is None:
+            raise DatasetNotFoundError(f"image-folder has no default location: {_HOW_TO_GET[name]}")
+        if not root.is_dir():
+            raise DatasetNotFoundError(f"image folder {root} does not exist")
+        return load_image_folder(root, image_size=image_size or 32, grayscale=grayscale)
+    source = _locate(name, root)
+    if name in ("mnist", "fashion-mnist"):
+        splits = {"train": load_idx_split(source, "train"), "test": load_idx_split(source, "test")}
+        labels = FASHION_MNIST_LABELS if name == "fashion-mnist" else [str(d) for d in range(10)]
+        return splits, labels
+    train, test, class_names = load_cifar(source, fine=name == "cifar100")
+    return {"train": train, "test": test}, class_names
+
+
+def load_dataset(
+    name: str,
+    root: str | os.PathLike | None = None,
+    *,
+    val_size: int | float = 0.1,
+    seed: int = 0,
+    image_size: int | None = None,
+    grayscale: bool = False,
+) -> DatasetSplits:
+    """Load ``name`` as train / val / test splits of float32 images in [0, 1].
+
+    Args:
+        name: one of ``KNOWN_DATASETS``.
+        root: where the files are (see the module docstring for defaults).
+        val_size: validation hold-out from train: a fraction in [0, 1) or a count (0 = none).
+        seed: seeds the validation hold-out only.
+        image_size: image-folder only: images are resized to this square size (default 32).
+        grayscale: image-folder only: load one channel instead of RGB.
+
+    Raises:
+        ValueError: unknown ``name`` or a bad option.
+        DatasetNotFoundError / DatasetFormatError: missing or unreadable files.
+    """
+    _check_name(name)
+    if name != "image-folder" and (image_size is not None or grayscale):
+        raise ValueError(f"image_size and grayscale apply to image-folder only, not {name!r}")
+    splits, class_names = _raw_splits(
+        name, None if root is None else Path(root).expanduser(), image_size, grayscale
+    )
+    for split_name, split in splits.items():
+        _check_labels(split, len(class_names), f"{name} {split_name} split")
+    train = splits["train"]
+    if "test" not in splits:
+        train, splits["test"] = stratified_holdout(
+            train, CARVED_TEST_FRACTION, seed=CARVED_TEST_SEED, what="carved test split"
+        )
+    if "val" in splits:
+        val = splits["val"]
+    else:
+        train, val = stratified_holdout(train, val_size, seed=seed)
+    return DatasetSplits(name, train, val, splits["test"], list(class_names))

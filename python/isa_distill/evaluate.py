@@ -1,0 +1,326 @@
+"""The evaluation protocol: train fresh networks on a (distilled) set, report test accuracy.
+
+Each of ``num_models`` networks is freshly initialised and trained with Adam on the set alone:
+linear warm-up to ``lr``, cosine decay to 1% of it, loss 1/2 * ||f(x) - y||^2 per sample
+(mean over the batch) on the given labels, ONE random augmentation op per batch
+(``isa_distill.data.augment``). Images must already be preprocessed exactly like ``test``.
+
+Step budget by set size M (``steps=None``), from the protocol's table; for an M not in the table
+the entry nearest in log(M) is used (ties go to the larger M): M = 20 -> 1000 (the entry for
+10), M = 50 -> 2000 (the entry for 100), M = 10000 -> 40000 (the entry for 5000).
+
+Select nothing on the test split: pass the validation split as ``test`` for any choice of
+hyperparameters, and the real test split only for the final report.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .data.augment import augment_batch
+from .data.splits import Split, class_balanced_subset
+from .models import build_model
+
+PROTOCOL_STEPS = {
+    10: 1000, 100: 2000, 200: 2000, 400: 5000, 500: 5000, 1000: 4000, 2000: 5000, 5000: 40000,
+}  # fmt: skip
+MAX_BATCH_SIZE = 500
+FINAL_LR_FRACTION = 0.01
+# Short runs (tests, smoke runs) would spend all their steps warming up: cap the warm-up.
+MAX_WARMUP_FRACTION = 0.5
+PREDICT_BATCH_SIZE = 1000
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """Test accuracy (fraction in [0, 1]) per network, with its mean and population std."""
+
+    mean: float
+    std: float
+    accuracies: list[float]
+    krr_accuracies: list[float] | None = None
+
+    @classmethod
+    def from_accuracies(
+        cls, accuracies: Sequence[float], krr_accuracies: Sequence[float] | None = None
+    ) -> EvalResult:
+        values = np.asarray(accuracies, dtype=np.float64)
+        return cls(
+            float(values.mean()),
+            float(values.std()),
+            [float(a) for a in accuracies],
+            None if krr_accuracies is None else [float(a) for a in krr_accuracies],
+        )
+
+
+def protocol_steps(set_size: int) -> int:
+    """Training steps for a set of ``set_size`` samples (see the module docstring)."""
+    if set_size < 1:
+        raise ValueError(f"set_size must be >= 1, got {set_size}")
+    sizes = sorted(PROTOCOL_STEPS)
+    distance = [abs(math.log(set_size) - math.log(m)) for m in sizes]
+    best = min(range(len(sizes)), key=lambda i: (round(distance[i], 12), -sizes[i]))
+    return PROTOCOL_STEPS[sizes[best]]
+
+
+def lr_factor(step: int, *, steps: int, warmup: int) -> float:
+    """Multiplier of the peak lr at ``step`` (0-based): linear warm-up, then cosine to 1%."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, steps - warmup)
+    cosine = 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+    return FINAL_LR_FRACTION + (1 - FINAL_LR_FRACTION) * cosine
+
+
+def centred_one_hot(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """1 - 1/C for the true class, -1/C elsewhere; float32 (n, C)."""
+    if labels.ndim != 1 or labels.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
+        raise ValueError(
+            f"labels must be a 1-d integer tensor, got {labels.dtype} {tuple(labels.shape)}"
+        )
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
+        raise ValueError(f"labels must lie in [0, {num_classes}), found {int(labels.max())}")
+    one_hot = nn.functional.one_hot(labels.long(), num_classes).float()
+    return one_hot - 1.0 / num_classes
+
+
+def _test_pair(test) -> tuple[torch.Tensor, torch.Tensor]:
+    try:
+        images, labels = test
+    except (TypeError, ValueError) as error:
+        raise TypeError("test must be a Split or an (images, labels) pair") from error
+    if images.ndim != 4 or labels.ndim != 1 or len(images) != len(labels) or len(labels) == 0:
+        raise ValueError(
+            f"test must hold (n, c, h, w) images and (n,) labels with n > 0, got "
+            f"{tuple(images.shape)} and {tuple(labels.shape)}"
+        )
+    return images, labels.long()
+
+
+def _targets(
+    images: torch.Tensor, labels: torch.Tensor, num_classes: int | None, test_labels: torch.Tensor
+) -> torch.Tensor:
+    """Regression targets: soft labels as given, integer labels as centred one-hot."""
+    if images.ndim != 4 or len(images) == 0 or not images.is_floating_point():
+        raise ValueError(
+            f"images must be a non-empty floating (M, c, h, w) tensor, got {tuple(images.shape)}"
+        )
+    if not torch.isfinite(images).all():
+        raise ValueError("images contain NaN or Inf")
+    if labels.is_floating_point():
+        if labels.shape != (len(images), labels.shape[-1]) or labels.ndim != 2:
+            raise ValueError(
+                f"soft labels must have shape ({len(images)}, C), got {tuple(labels.shape)}"
+            )
+        if num_classes is not None and labels.shape[1] != num_classes:
+            raise ValueError(
+                f"soft labels have {labels.shape[1]} columns, num_classes={num_classes}"
+            )
+        if not torch.isfinite(labels).all():
+            raise ValueError("labels contain NaN or Inf")
+        return labels.float()
+    if labels.shape != (len(images),):
+        raise ValueError(
+            f"integer labels must have shape ({len(images)},), got {tuple(labels.shape)}"
+        )
+    if num_classes is None:
+        num_classes = int(max(labels.max(), test_labels.max())) + 1
+    return centred_one_hot(labels, num_classes)
+
+
+@torch.no_grad()
+def _batched(model: nn.Module, fn, images: torch.Tensor, device: torch.device) -> torch.Tensor:
+    model.eval()
+    outputs = [fn(chunk.to(device)).float() for chunk in images.split(PREDICT_BATCH_SIZE)]
+    return torch.cat(outputs)
+
+
+def test_accuracy(model: nn.Module, test, *, device: str | torch.device = "cpu") -> float:
+    """Fraction of ``test`` (Split or (images, labels)) whose argmax logit is the label."""
+    images, labels = _test_pair(test)
+    logits = _batched(model, model, images, torch.device(device))
+    return float((logits.argmax(1).cpu() == labels).float().mean())
+
+
+def krr_accuracy(
+    model: nn.Module,
+    support_images: torch.Tensor,
+    support_labels: torch.Tensor,
+    test,
+    *,
+    reg: float = 1e-6,
+    reg_mode: str = "trace",
+    num_classes: int | None = None,
+    device: str | torch.device = "cpu",
+) -> float:
+    """KRR-predictor accuracy: kernel ridge regression on ``model.features`` of the support set
+    (the distillation's ridge rule) predicts the test labels; the head is not used."""
+    from .functional import krr_predict  # the core op; imported lazily (optional for training)
+
+    test_images, test_labels = _test_pair(test)
+    targets = _targets(support_images, support_labels, num_classes, test_labels)
+    device = torch.device(device)
+    support_features = _batched(model, model.features, support_images, device)
+    test_features = _batched(model, model.features, test_images, device)
+    predictions = krr_predict(
+        support_features, targets.to(device), test_features, reg=reg, reg_mode=reg_mode
+    )
+    return float((predictions.argmax(1).cpu() == test_labels).float().mean())
+
+
+def _seeds(seed: int, count: int) -> list[tuple[int, int]]:
+    """Independent (init, data) seeds per network, all derived from ``seed``."""
+    base = torch.Generator().manual_seed(seed)
+    draws = torch.randint(0, 2**62, (count, 2), generator=base)
+    return [(int(a), int(b)) for a, b in draws]
+
+
+def train_network(
+    images: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    arch: str,
+    norm: str,
+    width: int | None,
+    depth: int,
+    steps: int,
+    lr: float,
+    warmup: int,
+    batch_size: int,
+    augment: bool,
+    flip: bool,
+    init_seed: int,
+    data_seed: int,
+    device: torch.device,
+    progress_bar=None,
+) -> nn.Module:
+    """Train one freshly initialised network on (images, targets) with the protocol's recipe."""
+    with torch.random.fork_rng(devices=[]):  # seeded init without touching the global RNG
+        torch.manual_seed(init_seed)
+        model = build_model(
+            arch,
+            in_channels=images.shape[1],
+            num_classes=targets.shape[1],
+            image_size=images.shape[-1],
+            width=width,
+            depth=depth,
+            norm=norm,
+        )
+    model.to(device).train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(step, steps=steps, warmup=warmup)
+    )
+    generator = torch.Generator().manual_seed(data_seed)
+    images, targets = images.to(device), targets.to(device)
+    for _ in range(steps):
+        index = torch.randperm(len(images), generator=generator)[:batch_size].to(device)
+        batch = images[index]
+        if augment:
+            batch = augment_batch(batch, generator, flip=flip)
+        loss = 0.5 * (model(batch) - targets[index]).square().sum(1).mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        if progress_bar is not None:
+            progress_bar.update()
+    return model
+
+
+def evaluate_set(
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    test,
+    arch: str = "conv",
+    norm: str = "none",
+    width: int | None = None,
+    depth: int = 3,
+    num_models: int = 5,
+    steps: int | None = None,
+    lr: float = 3e-4,
+    warmup: int = 500,
+    batch_size: int | None = None,
+    augment: bool = True,
+    flip: bool = True,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+    num_classes: int | None = None,
+    krr: bool = False,
+    krr_reg: float = 1e-6,
+) -> EvalResult:
+    """Train ``num_models`` fresh networks on (images, labels); test accuracy mean and std.
+
+    Args:
+        images: (M, c, h, w) preprocessed like ``test``.
+        labels: (M, C) float soft labels, or (M,) int labels (trained on centred one-hot).
+        test: Split or (images, labels) pair to score on (the validation split for selection).
+        steps: training steps (None: ``protocol_steps(M)``).
+        warmup: linear warm-up steps, capped at half of ``steps``.
+        batch_size: None means min(M, 500).
+        flip: allow the horizontal-flip op (False for MNIST-like data).
+        seed: seeds every network's initialisation, batches and augmentation.
+        krr: also score each trained network as a KRR predictor (``krr_accuracy``).
+    """
+    test_images, test_labels = _test_pair(test)
+    targets = _targets(images, labels, num_classes, test_labels)
+    if test_images.shape[1:] != images.shape[1:]:
+        raise ValueError(
+            f"test images have shape {tuple(test_images.shape[1:])} per sample, the set has "
+            f"{tuple(images.shape[1:])}"
+        )
+    if num_models < 1:
+        raise ValueError(f"num_models must be >= 1, got {num_models}")
+    steps = protocol_steps(len(images)) if steps is None else steps
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    if not lr > 0:
+        raise ValueError(f"lr must be > 0, got {lr}")
+    batch_size = min(len(images), MAX_BATCH_SIZE) if batch_size is None else batch_size
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    warmup = max(1, min(warmup, int(MAX_WARMUP_FRACTION * steps)))
+    device = torch.device(device)
+
+    accuracies, krr_accuracies = [], []
+    with tqdm(total=num_models * steps, desc="evaluate", disable=not progress) as bar:
+        for init_seed, data_seed in _seeds(seed, num_models):
+            model = train_network(
+                images, targets, arch=arch, norm=norm, width=width, depth=depth, steps=steps,
+                lr=lr, warmup=warmup, batch_size=batch_size, augment=augment, flip=flip,
+                init_seed=init_seed, data_seed=data_seed, device=device, progress_bar=bar,
+            )  # fmt: skip
+            accuracies.append(test_accuracy(model, (test_images, test_labels), device=device))
+            if krr:
+                krr_accuracies.append(
+                    krr_accuracy(model, images, targets, (test_images, test_labels),
+                                 reg=krr_reg, device=device)
+                )  # fmt: skip
+    return EvalResult.from_accuracies(accuracies, krr_accuracies if krr else None)
+
+
+def evaluate_random_subset(train: Split, ipc: int, *, test, seed: int = 0, **options) -> EvalResult:
+    """The baseline beside every distilled set: a class-balanced real subset of ``ipc`` images
+    per class (drawn with ``seed``), centred one-hot labels, the same protocol."""
+    subset = class_balanced_subset(train, ipc, torch.Generator().manual_seed(seed))
+    num_classes = options.pop("num_classes", None) or int(train.labels.max()) + 1
+    return evaluate_set(
+        subset.images, subset.labels, test=test, seed=seed, num_classes=num_classes, **options
+    )
+
+
+def evaluate_full_data(train: Split, *, test, **options) -> EvalResult:
+    """Upper reference: the same protocol on the whole (preprocessed) train split."""
+    num_classes = options.pop("num_classes", None) or int(train.labels.max()) + 1
+    return evaluate_set(train.images, train.labels, test=test, num_classes=num_classes, **options)
