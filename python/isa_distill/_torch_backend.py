@@ -1,0 +1,315 @@
+"""The core op in torch ops, for any device (cuSOLVER / cuBLAS on CUDA).
+
+This module mirrors the Rust kernel function by function so the two can be read side by side:
+the "krr part" follows ``rust/core/src/krr.rs`` (ridge, factor, solves, KRR backward) and the
+"isa part" follows ``rust/core/src/isa.rs`` (plain losses, discard, partners, ISA loss, ISA
+backward). The exact mathematics is in ``shared/spec/isa_krr_loss.md``; the argument and output
+lists in ``docs/design.md``. Inputs arrive validated; nothing here checks arguments.
+
+Dtype policy: the large matrix products run in the input dtype; the ridge system, its Cholesky
+factor and the triangular solves run in float64 when ``solve_f64`` is set.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import torch
+from torch import Tensor
+
+from .errors import NotPositiveDefiniteError
+
+RIDGE_RETRIES = 3
+"""How many times the ridge is multiplied by 10 before giving up on the factorization."""
+
+NEAREST_TIE_TOL = 1e-12
+"""Cosine similarities (in [-1, 1], computed in float64) this close to the best are ties."""
+
+
+# --------------------------------------------------------------------------------------------
+# krr part (mirrors krr.rs)
+# --------------------------------------------------------------------------------------------
+
+
+def uses_primal(solver: str, m: int, d: int) -> bool:
+    """``"auto"`` solves the smaller system: the d x d primal one when M > d."""
+    return solver == "primal" or (solver == "auto" and m > d)
+
+
+def kept_count(n: int, discard: float) -> int:
+    """n_keep = N - floor(discard * N)."""
+    return n - math.floor(discard * n)
+
+
+def ridge(gram_trace: float, m: int, reg: float, reg_mode: str) -> float:
+    """lam = reg * trace(K) / M in trace mode, lam = reg in absolute mode."""
+    return reg * gram_trace / m if reg_mode == "trace" else reg
+
+
+def factor_with_escalation(system: Tensor, lam: float) -> tuple[Tensor, float]:
+    """Lower Cholesky factor of ``system + lam I``; on failure retry with lam * 10^k, k = 1..3."""
+    eye = torch.eye(system.shape[0], dtype=system.dtype, device=system.device)
+    for attempt in range(RIDGE_RETRIES + 1):
+        if attempt > 0:
+            lam *= 10.0
+            warnings.warn(
+                f"Cholesky factorization failed; retrying with lam={lam:.3e}",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        chol, info = torch.linalg.cholesky_ex(system + lam * eye)
+        if int(info) == 0:
+            return chol.contiguous(), lam  # LAPACK hands back a column-major factor
+    raise NotPositiveDefiniteError(
+        f"the ridge system is not positive definite even with lam={lam:.3e} "
+        f"(escalated {RIDGE_RETRIES} times by 10); increase reg"
+    )
+
+
+def solve_with_factor(rhs: Tensor, chol: Tensor) -> Tensor:
+    """(L L^T)^-1 rhs in the factor's dtype, returned row-major in the dtype of ``rhs``."""
+    return torch.cholesky_solve(rhs.to(chol.dtype), chol).to(rhs.dtype).contiguous()
+
+
+def krr_fit(
+    f_s: Tensor, y_s: Tensor, *, reg: float, reg_mode: str, solver: str, solve_f64: bool
+) -> tuple[Tensor, Tensor, float]:
+    """Solve the ridge system; returns (coef, factor, lam).
+
+    dual:   W    = (K + lam I_M)^-1 Y_S,              K = F_S F_S^T
+    primal: beta = (H + lam I_d)^-1 F_S^T Y_S,        H = F_S^T F_S
+    trace(K) = trace(H), so the ridge rule is the same for both forms.
+    """
+    m, d = f_s.shape
+    primal = uses_primal(solver, m, d)
+    solve_dtype = torch.float64 if solve_f64 else f_s.dtype
+    system = (f_s.T @ f_s if primal else f_s @ f_s.T).to(solve_dtype)
+    lam = ridge(float(system.diagonal().sum()), m, reg, reg_mode)
+    chol, lam = factor_with_escalation(system, lam)
+    rhs = f_s.T @ y_s if primal else y_s
+    return solve_with_factor(rhs, chol), chol, lam
+
+
+def krr_apply(f_s: Tensor, coef: Tensor, f_q: Tensor, *, primal: bool) -> Tensor:
+    """Predictions P = F_Q beta (primal) or F_Q (F_S^T W) (dual)."""
+    return f_q @ coef if primal else f_q @ (f_s.T @ coef)
+
+
+def krr_backward(
+    f_s: Tensor,
+    y_s: Tensor,
+    f_q: Tensor,
+    grad_pred: Tensor,
+    coef: Tensor,
+    chol: Tensor,
+    lam: Tensor,
+    *,
+    reg_mode: str,
+    solver: str,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """G = dLoss/dP -> (dF_S, dY_S, dF_Q), reusing the forward's factor (one solve pair).
+
+    dual:   dW = F_S F_Q^T G, V = (K + lam I)^-1 dW, dY_S = V,
+            dF_S = W G^T F_Q - (V W^T + W V^T) F_S,  dF_Q = G W^T F_S,  dLoss/dlam = -<V, W>
+    primal: U = (H + lam I)^-1 F_Q^T G, dY_S = F_S U, dF_Q = G beta^T,
+            dF_S = Y_S U^T - F_S (U beta^T + beta U^T),            dLoss/dlam = -<U, beta>
+    trace mode adds (2 lam / trace K) * dLoss/dlam * F_S, which also covers an escalated lam.
+    """
+    m, d = f_s.shape
+    if uses_primal(solver, m, d):
+        beta = coef
+        u = solve_with_factor(f_q.T @ grad_pred, chol)
+        d_ys = f_s @ u
+        d_fq = grad_pred @ beta.T
+        d_fs = y_s @ u.T - f_s @ (u @ beta.T + beta @ u.T)
+        lam_sensitivity = -(u * beta).sum()
+    else:
+        w = coef
+        v = solve_with_factor(f_s @ (f_q.T @ grad_pred), chol)
+        d_ys = v
+        w_fs = w.T @ f_s
+        d_fq = grad_pred @ w_fs
+        d_fs = w @ (grad_pred.T @ f_q) - v @ w_fs - w @ (v.T @ f_s)
+        lam_sensitivity = -(v * w).sum()
+    if reg_mode == "trace":
+        gram_trace = f_s.to(torch.float64).square().sum()
+        scale = (2.0 * lam / gram_trace * lam_sensitivity).to(f_s.dtype)
+        d_fs = d_fs + scale * f_s
+    return d_fs, d_ys, d_fq
+
+
+# --------------------------------------------------------------------------------------------
+# isa part (mirrors isa.rs)
+# --------------------------------------------------------------------------------------------
+
+
+def plain_losses(residual: Tensor) -> Tensor:
+    """l_i = 1/2 ||A_i||^2, the hardness ranking."""
+    return 0.5 * residual.square().sum(dim=1)
+
+
+def keep_hardest(plain: Tensor, discard: float) -> Tensor:
+    """Ascending indices of the n_keep largest l_i; among equal l_i the lower index is kept."""
+    n_keep = kept_count(plain.shape[0], discard)
+    # A stable descending sort keeps equal values in index order, so lower indices come first.
+    order = torch.sort(plain, descending=True, stable=True).indices
+    return torch.sort(order[:n_keep]).values
+
+
+def nearest_partners(f_t: Tensor, kept: Tensor) -> Tensor:
+    """For each kept i, the other kept target of largest cosine similarity; ties: lowest index.
+
+    Similarities are computed in float64 and values within ``NEAREST_TIE_TOL`` of a row's
+    maximum count as ties: blocked matrix products round duplicate columns differently, and
+    duplicated targets must still resolve to the lowest index. A zero feature vector has cosine
+    similarity 0 with everything (its unit vector is 0).
+    """
+    feats = f_t[kept].to(torch.float64)
+    norms = torch.linalg.vector_norm(feats, dim=1, keepdim=True)
+    unit = torch.where(norms > 0, feats / torch.where(norms > 0, norms, 1), 0)
+    similarity = unit @ unit.T
+    similarity.fill_diagonal_(-math.inf)
+    best = similarity.max(dim=1, keepdim=True).values
+    is_tie = (similarity >= best - NEAREST_TIE_TOL).to(torch.uint8)
+    # argmax returns the first maximum; kept is ascending, so that is the lowest index.
+    return kept[is_tie.argmax(dim=1)]
+
+
+def offset_partners(kept: Tensor, offsets: Tensor) -> Tensor:
+    """partner of kept[r] = kept[(r + offsets[r]) % n_keep], offsets in [1, n_keep - 1]."""
+    n_keep = kept.shape[0]
+    rank = torch.arange(n_keep, device=kept.device)
+    return kept[(rank + offsets) % n_keep]
+
+
+def select_partners(f_t: Tensor, kept: Tensor, partner_index: Tensor, partner_mode: str) -> Tensor:
+    if partner_mode == "nearest":
+        return nearest_partners(f_t, kept)
+    if partner_mode == "offsets":
+        return offset_partners(kept, partner_index)
+    return partner_index[kept]  # "explicit"
+
+
+def isa_losses(residual: Tensor, kept: Tensor, partner: Tensor, epsilon: float) -> Tensor:
+    """L_i = 1/2 (||A_i||^2 + eps <A_i, B_i> + eps^2/3 ||B_i||^2), B_i = A_j - A_i, kept i."""
+    a = residual[kept]
+    b = residual[partner] - a
+    return 0.5 * (
+        a.square().sum(1) + epsilon * (a * b).sum(1) + (epsilon**2 / 3.0) * b.square().sum(1)
+    )
+
+
+def isa_backward(
+    residual: Tensor, kept: Tensor, partner: Tensor, grad_losses: Tensor, epsilon: float
+) -> Tensor:
+    """G = dLoss/dP = dLoss/dA from dLoss/dL (entries of discarded targets ignored).
+
+    dL_i/dA_i = A_i + eps/2 (B_i - A_i) - eps^2/3 B_i,   dL_i/dA_j = eps/2 A_i + eps^2/3 B_i.
+    """
+    a = residual[kept]
+    b = residual[partner] - a
+    weight = grad_losses[kept].unsqueeze(1)
+    to_self = a + (epsilon / 2.0) * (b - a) - (epsilon**2 / 3.0) * b
+    to_partner = (epsilon / 2.0) * a + (epsilon**2 / 3.0) * b
+    grad = torch.zeros_like(residual)
+    grad.index_add_(0, kept, weight * to_self)
+    grad.index_add_(0, partner, weight * to_partner)
+    return grad
+
+
+# --------------------------------------------------------------------------------------------
+# the op's two halves (docs/design.md)
+# --------------------------------------------------------------------------------------------
+
+
+def forward(
+    f_s: Tensor,
+    y_s: Tensor,
+    f_t: Tensor,
+    y_t: Tensor,
+    partner_index: Tensor,
+    *,
+    partner_mode: str,
+    reg: float,
+    reg_mode: str,
+    solver: str,
+    discard: float,
+    epsilon: float,
+    solve_f64: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """(losses, plain, kept, partner, residual, coef, factor, lam) as in docs/design.md."""
+    m, d = f_s.shape
+    coef, chol, lam = krr_fit(
+        f_s, y_s, reg=reg, reg_mode=reg_mode, solver=solver, solve_f64=solve_f64
+    )
+    residual = krr_apply(f_s, coef, f_t, primal=uses_primal(solver, m, d)) - y_t
+    plain = plain_losses(residual)
+    kept = keep_hardest(plain, discard)
+    partner = select_partners(f_t, kept, partner_index, partner_mode)
+    losses = torch.zeros_like(plain)
+    losses[kept] = isa_losses(residual, kept, partner, epsilon)
+    lam_tensor = torch.tensor(lam, dtype=torch.float64, device=f_s.device)
+    return losses, plain, kept, partner, residual, coef, chol, lam_tensor
+
+
+def backward(
+    f_s: Tensor,
+    y_s: Tensor,
+    f_t: Tensor,
+    y_t: Tensor,
+    grad_losses: Tensor,
+    kept: Tensor,
+    partner: Tensor,
+    residual: Tensor,
+    coef: Tensor,
+    factor: Tensor,
+    *,
+    lam: Tensor,
+    reg_mode: str,
+    solver: str,
+    epsilon: float,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(dF_S, dY_S, dF_T, dY_T): the isa part gives G = dLoss/dP, the krr part the rest."""
+    grad_pred = isa_backward(residual, kept, partner, grad_losses, epsilon)
+    d_fs, d_ys, d_ft = krr_backward(
+        f_s, y_s, f_t, grad_pred, coef, factor, lam, reg_mode=reg_mode, solver=solver
+    )
+    return d_fs, d_ys, d_ft, -grad_pred
+
+
+def predict_forward(
+    f_s: Tensor,
+    y_s: Tensor,
+    f_q: Tensor,
+    *,
+    reg: float,
+    reg_mode: str,
+    solver: str,
+    solve_f64: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(pred, coef, factor, lam) for arbitrary query features."""
+    m, d = f_s.shape
+    coef, chol, lam = krr_fit(
+        f_s, y_s, reg=reg, reg_mode=reg_mode, solver=solver, solve_f64=solve_f64
+    )
+    pred = krr_apply(f_s, coef, f_q, primal=uses_primal(solver, m, d))
+    return pred, coef, chol, torch.tensor(lam, dtype=torch.float64, device=f_s.device)
+
+
+def predict_backward(
+    f_s: Tensor,
+    y_s: Tensor,
+    f_q: Tensor,
+    grad_pred: Tensor,
+    coef: Tensor,
+    factor: Tensor,
+    *,
+    lam: Tensor,
+    reg_mode: str,
+    solver: str,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """(dF_S, dY_S, dF_Q)."""
+    return krr_backward(
+        f_s, y_s, f_q, grad_pred, coef, factor, lam, reg_mode=reg_mode, solver=solver
+    )

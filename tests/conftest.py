@@ -1,0 +1,76 @@
+"""Shared fixtures: random well-conditioned problems, the backend list, the ``gpu`` marker."""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+
+import pytest
+import torch
+
+HAS_NATIVE = importlib.util.find_spec("isa_distill._core") is not None
+HAS_CUDA = torch.cuda.is_available()
+
+BACKENDS = [
+    "torch",
+    pytest.param(
+        "rust",
+        marks=pytest.mark.skipif(not HAS_NATIVE, reason="isa_distill._core is not built"),
+    ),
+]
+
+
+def pytest_collection_modifyitems(config, items):
+    if HAS_CUDA:
+        return
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip_gpu)
+
+
+@dataclass
+class Problem:
+    support_features: torch.Tensor
+    support_labels: torch.Tensor
+    target_features: torch.Tensor
+    target_labels: torch.Tensor
+
+    @property
+    def tensors(self) -> tuple[torch.Tensor, ...]:
+        return (
+            self.support_features,
+            self.support_labels,
+            self.target_features,
+            self.target_labels,
+        )
+
+    def to(self, **kwargs) -> Problem:
+        return Problem(*(t.to(**kwargs) for t in self.tensors))
+
+    def requiring_grad(self) -> Problem:
+        return Problem(*(t.detach().clone().requires_grad_(True) for t in self.tensors))
+
+
+def centred_one_hot(classes: torch.Tensor, c: int, dtype: torch.dtype) -> torch.Tensor:
+    """1 - 1/C on, -1/C off."""
+    return torch.nn.functional.one_hot(classes, c).to(dtype) - 1.0 / c
+
+
+def random_problem(
+    m: int, d: int, n: int, c: int, *, seed: int = 0, dtype: torch.dtype = torch.float64
+) -> Problem:
+    """Gaussian features (scaled so K has a unit-size diagonal), soft support labels and centred
+    one-hot target labels; K is well conditioned whenever M is well below d."""
+    gen = torch.Generator().manual_seed(seed)
+    support_features = torch.randn(m, d, generator=gen, dtype=torch.float64) / d**0.5
+    support_labels = 0.5 * torch.randn(m, c, generator=gen, dtype=torch.float64)
+    target_features = torch.randn(n, d, generator=gen, dtype=torch.float64) / d**0.5
+    classes = torch.randint(0, c, (n,), generator=gen)
+    target_labels = centred_one_hot(classes, c, torch.float64)
+    return Problem(support_features, support_labels, target_features, target_labels).to(dtype=dtype)
+
+
+@pytest.fixture
+def make_problem():
+    return random_problem

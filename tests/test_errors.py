@@ -1,0 +1,180 @@
+"""One test per error of the contract's table: raised before any work, naming the argument."""
+
+from __future__ import annotations
+
+import isa_distill._torch_backend as torch_backend
+import pytest
+import torch
+from conftest import BACKENDS, random_problem
+from isa_distill import NotPositiveDefiniteError, isa_krr_loss, krr_predict
+
+
+@pytest.fixture
+def problem():
+    return random_problem(4, 6, 8, 3, seed=0)
+
+
+def call(problem, **overrides):
+    tensors = dict(
+        zip(
+            ["support_features", "support_labels", "target_features", "target_labels"],
+            problem.tensors,
+        )
+    )
+    options = {key: value for key, value in overrides.items() if key not in tensors}
+    tensors.update({key: value for key, value in overrides.items() if key in tensors})
+    return isa_krr_loss(*tensors.values(), **options)
+
+
+@pytest.mark.parametrize(
+    ("argument", "shape"),
+    [
+        ("support_labels", (5, 3)),  # M disagrees
+        ("target_features", (8, 7)),  # d disagrees
+        ("target_labels", (8, 2)),  # C disagrees
+        ("target_labels", (7, 3)),  # N disagrees
+        ("support_features", (4, 6, 1)),  # not 2-D
+    ],
+)
+def test_shape_mismatch(problem, argument, shape):
+    with pytest.raises(ValueError, match=argument):
+        call(problem, **{argument: torch.randn(shape, dtype=torch.float64)})
+
+
+def test_empty_support(problem):
+    with pytest.raises(ValueError, match=r"support_features.*M = 0"):
+        call(
+            problem,
+            support_features=torch.zeros(0, 6, dtype=torch.float64),
+            support_labels=torch.zeros(0, 3, dtype=torch.float64),
+        )
+
+
+def test_empty_targets(problem):
+    with pytest.raises(ValueError, match=r"target_features.*N = 0"):
+        call(
+            problem,
+            target_features=torch.zeros(0, 6, dtype=torch.float64),
+            target_labels=torch.zeros(0, 3, dtype=torch.float64),
+        )
+
+
+@pytest.mark.parametrize("discard", [-0.1, 1.0, 1.5])
+def test_discard_out_of_range(problem, discard):
+    with pytest.raises(ValueError, match=r"discard must lie in \[0, 1\)"):
+        call(problem, discard=discard)
+
+
+@pytest.mark.parametrize("partner", ["nearest", "random"])
+def test_too_few_kept_for_a_partner(problem, partner):
+    with pytest.raises(ValueError, match="n_keep = 1"):
+        call(problem, discard=0.9, partner=partner, epsilon=0.5)
+
+
+def test_single_kept_target_is_fine_without_augmentation(problem):
+    loss = call(problem, discard=0.9, partner="random", epsilon=0.0)
+    assert torch.isfinite(loss)
+
+
+@pytest.mark.parametrize(
+    ("partner", "match"),
+    [
+        (torch.zeros(7, dtype=torch.int64), r"shape \(N,\) = \(8,\)"),
+        (torch.zeros(8, dtype=torch.int32), "torch.int64"),
+        (torch.full((8,), 8, dtype=torch.int64), r"\[0, 8\)"),
+        (torch.full((8,), -1, dtype=torch.int64), r"\[0, 8\)"),
+    ],
+)
+def test_bad_explicit_partner(problem, partner, match):
+    with pytest.raises(ValueError, match=match):
+        call(problem, partner=partner)
+
+
+@pytest.mark.parametrize("reg", [0.0, -1e-3, float("inf"), float("nan")])
+def test_bad_reg(problem, reg):
+    with pytest.raises(ValueError, match="reg must be"):
+        call(problem, reg=reg)
+
+
+@pytest.mark.parametrize("option", ["reg_mode", "solver", "reduction", "backend", "partner"])
+def test_unknown_mode_string(problem, option):
+    with pytest.raises(ValueError, match=option):
+        call(problem, **{option: "bogus"})
+
+
+def test_bad_solve_dtype(problem):
+    with pytest.raises(ValueError, match="solve_dtype"):
+        call(problem, solve_dtype=torch.float16)
+
+
+@pytest.mark.parametrize(
+    "argument", ["support_features", "support_labels", "target_features", "target_labels"]
+)
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_input(problem, argument, bad):
+    tensor = dict(
+        zip(
+            ["support_features", "support_labels", "target_features", "target_labels"],
+            problem.tensors,
+        )
+    )[argument].clone()
+    tensor[0, 0] = bad
+    with pytest.raises(ValueError, match=f"{argument} contains NaN or Inf"):
+        call(problem, **{argument: tensor})
+
+
+def test_non_finite_epsilon(problem):
+    with pytest.raises(ValueError, match="epsilon must be finite"):
+        call(problem, epsilon=float("nan"))
+
+
+def test_non_floating_dtype(problem):
+    with pytest.raises(TypeError, match="target_labels must have a floating dtype"):
+        call(problem, target_labels=torch.zeros(8, 3, dtype=torch.int64))
+
+
+def test_mixed_dtypes(problem):
+    with pytest.raises(TypeError, match="support_labels has dtype torch.float32"):
+        call(problem, support_labels=problem.support_labels.float())
+
+
+def test_not_a_tensor(problem):
+    with pytest.raises(TypeError, match="support_features must be a torch.Tensor"):
+        call(problem, support_features=problem.support_features.numpy())
+
+
+def test_different_devices(problem):
+    with pytest.raises(ValueError, match="target_features is on meta"):
+        call(problem, target_features=problem.target_features.to("meta"))
+
+
+def test_rust_backend_needs_cpu(problem):
+    with pytest.raises(ValueError, match="backend='rust' needs CPU"):
+        isa_krr_loss(*problem.to(device="meta").tensors, backend="rust")
+
+
+def test_predict_validates_too(problem):
+    with pytest.raises(ValueError, match="query_features must have d = 6"):
+        krr_predict(problem.support_features, problem.support_labels, torch.randn(3, 5).double())
+    with pytest.raises(ValueError, match="solver"):
+        krr_predict(*problem.tensors[:3], solver="cg")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_zero_support_warns_then_raises_not_positive_definite(problem, backend):
+    # trace(K) = 0 gives lam = 0 however often it is escalated.
+    zeros = torch.zeros_like(problem.support_features)
+    with pytest.warns(RuntimeWarning, match="retrying with lam=0.000e") as record:
+        with pytest.raises(NotPositiveDefiniteError, match="not positive definite"):
+            call(problem, support_features=zeros, backend=backend)
+    assert len(record) == 3
+    assert issubclass(NotPositiveDefiniteError, torch.linalg.LinAlgError)
+
+
+def test_ridge_escalation_warns_with_the_new_lam():
+    # An indefinite system that the first escalation (lam 0.1 -> 1.0) makes positive definite.
+    system = torch.diag(torch.tensor([1.0, -0.5], dtype=torch.float64))
+    with pytest.warns(RuntimeWarning, match=r"retrying with lam=1\.000e\+00") as record:
+        chol, lam = torch_backend.factor_with_escalation(system, 0.1)
+    assert len(record) == 1 and lam == pytest.approx(1.0)
+    torch.testing.assert_close(chol @ chol.T, system + lam * torch.eye(2, dtype=torch.float64))

@@ -1,0 +1,132 @@
+"""The torch.library ops: opcheck, torch.compile, the nn.Module wrapper, the public surface."""
+
+from __future__ import annotations
+
+import isa_distill
+import pytest
+import torch
+from conftest import BACKENDS, random_problem
+from isa_distill import ISAKRRLoss, isa_krr_loss
+from isa_distill.autograd import isa_krr_forward, krr_predict_forward
+
+
+def forward_args(problem, *, partner_mode="nearest", solver="auto", backend="torch"):
+    n = problem.target_features.shape[0]
+    partner_index = {
+        "nearest": torch.empty(0, dtype=torch.int64),
+        "offsets": torch.ones(n - 1, dtype=torch.int64),  # discard 0.2 of 6 keeps 5
+        "explicit": torch.arange(n).flip(0),
+    }[partner_mode]
+    return (
+        *problem.tensors,
+        partner_index,
+        partner_mode,
+        1e-2,
+        "trace",
+        solver,
+        0.2,
+        0.5,
+        True,
+        backend,
+    )
+
+
+# opcheck's aot_dispatch test itself reads .grad of non-leaf tensors, which warns.
+OPCHECK_WARNING = "ignore:The .grad attribute of a Tensor that is not a leaf:UserWarning"
+
+
+@pytest.mark.filterwarnings(OPCHECK_WARNING)
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("partner_mode", ["nearest", "offsets", "explicit"])
+@pytest.mark.parametrize("solver", ["dual", "primal"])
+def test_opcheck_isa_krr(backend, partner_mode, solver):
+    problem = random_problem(4, 5, 6, 2, seed=0).requiring_grad()
+    args = forward_args(problem, partner_mode=partner_mode, solver=solver, backend=backend)
+    torch.library.opcheck(isa_krr_forward, args)
+
+
+@pytest.mark.filterwarnings(OPCHECK_WARNING)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_opcheck_krr_predict(backend):
+    problem = random_problem(6, 4, 5, 2, seed=1).requiring_grad()
+    args = (*problem.tensors[:3], 1e-2, "trace", "auto", True, backend)
+    torch.library.opcheck(krr_predict_forward, args)
+
+
+def test_fake_shapes_match_real_outputs():
+    problem = random_problem(7, 4, 9, 3, seed=2)
+    for solver in ("dual", "primal"):
+        args = forward_args(problem, solver=solver)
+        real = isa_krr_forward(*args)
+        with torch._subclasses.fake_tensor.FakeTensorMode() as mode:
+            fake_args = [mode.from_tensor(a) if isinstance(a, torch.Tensor) else a for a in args]
+            fake = isa_krr_forward(*fake_args)
+        assert [(t.shape, t.dtype) for t in fake] == [(t.shape, t.dtype) for t in real]
+
+
+def test_compiled_call_matches_eager():
+    problem = random_problem(5, 8, 10, 3, seed=3)
+    options = dict(epsilon=0.5, discard=0.2, reg=1e-3, backend="torch")
+    compiled = torch.compile(lambda *t: isa_krr_loss(*t, **options), backend="aot_eager")
+    leaves = problem.requiring_grad()
+    loss = compiled(*leaves.tensors)
+    loss.backward()
+    eager_leaves = problem.requiring_grad()
+    expected = isa_krr_loss(*eager_leaves.tensors, **options)
+    expected.backward()
+    torch.testing.assert_close(loss, expected)
+    for got, want in zip(leaves.tensors, eager_leaves.tensors):
+        torch.testing.assert_close(got.grad, want.grad)
+
+
+def test_module_wrapper_matches_functional():
+    problem = random_problem(5, 8, 10, 3, seed=4)
+    module = ISAKRRLoss(epsilon=-0.5, discard=0.3, reg=1e-4, reduction="sum")
+    expected = isa_krr_loss(*problem.tensors, epsilon=-0.5, discard=0.3, reg=1e-4, reduction="sum")
+    torch.testing.assert_close(module(*problem.tensors), expected)
+    assert "epsilon=-0.5" in repr(module)
+    explicit = torch.arange(10).roll(1)
+    torch.testing.assert_close(
+        module(*problem.tensors, partner=explicit),
+        isa_krr_loss(
+            *problem.tensors, epsilon=-0.5, discard=0.3, reg=1e-4, reduction="sum", partner=explicit
+        ),
+    )
+
+
+def test_reductions_are_consistent():
+    problem = random_problem(5, 8, 10, 3, seed=5)
+    per_target = isa_krr_loss(*problem.tensors, reduction="none", discard=0.3)
+    total = isa_krr_loss(*problem.tensors, reduction="sum", discard=0.3)
+    mean = isa_krr_loss(*problem.tensors, reduction="mean", discard=0.3)
+    assert per_target.shape == (10,) and int((per_target == 0).sum()) >= 3
+    torch.testing.assert_close(total, per_target.sum())
+    torch.testing.assert_close(mean, total / 7)
+
+
+def test_random_partners_follow_the_generator():
+    problem = random_problem(5, 8, 12, 3, seed=6)
+
+    def partners(seed):
+        generator = torch.Generator().manual_seed(seed)
+        _, info = isa_krr_loss(
+            *problem.tensors, partner="random", generator=generator, return_info=True
+        )
+        return info.partner
+
+    assert torch.equal(partners(1), partners(1))
+    assert not torch.equal(partners(1), partners(2))
+    _, info = isa_krr_loss(*problem.tensors, partner="random", return_info=True)
+    assert not bool((info.partner == info.kept).any())
+
+
+def test_public_surface():
+    assert set(isa_distill.__all__) == {
+        "ISAInfo",
+        "ISAKRRLoss",
+        "NotPositiveDefiniteError",
+        "__version__",
+        "isa_krr_loss",
+        "krr_predict",
+    }
+    assert isinstance(isa_distill.__version__, str) and isa_distill.__version__
