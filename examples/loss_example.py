@@ -4,6 +4,7 @@ Run with ``python examples/loss_example.py`` after ``make build-dev``.
 """
 
 import torch
+
 from isa_distill import isa_krr_loss
 
 torch.manual_seed(0)

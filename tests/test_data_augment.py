@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+
 from isa_distill.data.augment import OPS, apply_op, augment_batch
 
 

@@ -7,6 +7,8 @@ import tarfile
 import numpy as np
 import pytest
 import torch
+from PIL import Image
+
 from isa_distill.data import (
     KNOWN_DATASETS,
     DatasetError,
@@ -16,7 +18,6 @@ from isa_distill.data import (
     load_dataset,
 )
 from isa_distill.data.splits import Split
-from PIL import Image
 
 RNG = np.random.default_rng(0)
 

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+
 from isa_distill.data.preprocess import Preprocessor
 
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import isa_distill._torch_backend as torch_backend
 import pytest
 import torch
 from conftest import BACKENDS, random_problem
+
+import isa_distill._torch_backend as torch_backend
 from isa_distill import NotPositiveDefiniteError, isa_krr_loss, krr_predict
 
 

@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+
 from isa_distill.data import load_dataset
 from isa_distill.data.preprocess import Preprocessor
 from isa_distill.data.splits import Split

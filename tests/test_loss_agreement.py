@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import BACKENDS, random_problem
+
 from isa_distill import isa_krr_loss
 from isa_distill.reference import reference_isa_krr_loss
 

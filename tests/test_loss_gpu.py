@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import random_problem
+
 from isa_distill import isa_krr_loss, krr_predict
 
 pytestmark = pytest.mark.gpu

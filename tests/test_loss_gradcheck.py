@@ -7,6 +7,7 @@ import itertools
 import pytest
 import torch
 from conftest import BACKENDS, random_problem
+
 from isa_distill import isa_krr_loss
 from isa_distill.reference import reference_isa_krr_loss
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import isa_distill
 import pytest
 import torch
 from conftest import BACKENDS, random_problem
+
+import isa_distill
 from isa_distill import ISAKRRLoss, isa_krr_loss
 from isa_distill.autograd import isa_krr_forward, krr_predict_forward
 

@@ -6,6 +6,7 @@ import torch
 from conftest import random_problem
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from isa_distill import isa_krr_loss
 
 SETTINGS = settings(max_examples=25, deadline=None, derandomize=True)

@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+
 from isa_distill.models import KNOWN_MODELS, NORMS, build_model
 
 

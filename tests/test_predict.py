@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import BACKENDS, random_problem
+
 from isa_distill import krr_predict
 from isa_distill.reference import reference_predict
 
