@@ -1,0 +1,317 @@
+"""``isa-distill``: distil, evaluate and inspect runs from the command line.
+
+    isa-distill distill              digits, IPC 10, CPU preset; then a table of test accuracy:
+                                     distilled set vs random subset vs full data
+    isa-distill evaluate RUN_DIR     the protocol's 5-network evaluation of a run
+    isa-distill show RUN_DIR         re-render images.png / curves.png and print a summary
+    isa-distill info                 versions, backends, devices, datasets found
+
+Errors a user can fix (unknown dataset or preset, IPC too large, missing data, an existing run
+directory) print one line to stderr and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+PROG = "isa-distill"
+USAGE_ERROR = 2
+
+
+class CliError(Exception):
+    """A problem with the user's request, reported as one line and exit status 2."""
+
+
+# ----------------------------------------------------------------------------- parser
+
+
+def _parser() -> argparse.ArgumentParser:
+    from .data import KNOWN_DATASETS
+    from .presets import DEFAULT_PRESET, PRESETS
+
+    parser = argparse.ArgumentParser(prog=PROG, description="Dataset distillation with crucial "
+                                     "samples (FRePo kernel loss + Infinite Semantic Augmentation).")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = commands.add_parser("distill", help="distil a dataset (default: digits, IPC 10, CPU)")
+    run.add_argument("--preset", choices=PRESETS, default=DEFAULT_PRESET,
+                     help="settings to start from (default: %(default)s)")
+    run.add_argument("--dataset", default="digits", help=f"one of {', '.join(KNOWN_DATASETS)} "
+                     "(default: %(default)s)")
+    run.add_argument("--data-root", help="where the dataset files are (default: see docs)")
+    run.add_argument("--ipc", type=int, default=10, help="images per class (default: %(default)s)")
+    run.add_argument("--epsilon", type=float, help="ISA segment length (0 = FRePo baseline)")
+    run.add_argument("--discard", type=float, help="fraction of easiest targets dropped")
+    run.add_argument("--partner", choices=("nearest", "random"))
+    run.add_argument("--steps", type=int, help="outer steps")
+    run.add_argument("--batch-size", type=int, help="target batch size")
+    run.add_argument("--width", type=int, help="base width of the Conv network")
+    run.add_argument("--depth", type=int, help="blocks of the Conv network")
+    run.add_argument("--optimizer", choices=("lamb", "adam"))
+    run.add_argument("--lr", type=float, help="peak learning rate of the synthetic set")
+    run.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
+                     help="flip trick (default: the protocol's rule for the dataset)")
+    run.add_argument("--zca", action=argparse.BooleanOptionalAction, default=None,
+                     help="ZCA whitening (default: the protocol's rule for the dataset)")
+    run.add_argument("--backend", choices=("auto", "rust", "torch"),
+                     help="loss backend (default: auto = rust on CPU, torch elsewhere)")
+    run.add_argument("--seed", type=int, help="seed of every random draw (default: 0)")
+    run.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: the preset's)")
+    run.add_argument("--autocast", action=argparse.BooleanOptionalAction, default=None,
+                     help="bfloat16 feature extraction on CUDA")
+    run.add_argument("--checkpoint-every", type=int, help="steps between checkpoints")
+    run.add_argument("--run-dir", type=Path,
+                     help="where to write the run (default: runs/<dataset>-ipc<N>-<time>)")
+    run.add_argument("--resume", action="store_true", help="continue the run in --run-dir")
+    _add_eval_options(run)
+    run.add_argument("--no-eval", action="store_true", help="skip the final evaluation table")
+    run.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    evaluate = commands.add_parser("evaluate", help="evaluate a run with the protocol")
+    evaluate.add_argument("run_dir", type=Path)
+    evaluate.add_argument("--data-root", help="where the dataset files are")
+    evaluate.add_argument("--device", default="cpu")
+    _add_eval_options(evaluate)
+    evaluate.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    show = commands.add_parser("show", help="re-render a run's pictures and print its summary")
+    show.add_argument("run_dir", type=Path)
+
+    commands.add_parser("info", help="versions, backends, devices and datasets found")
+    return parser
+
+
+def _add_eval_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--eval-models", type=int, default=5,
+                        help="networks trained per set (default: %(default)s)")
+    parser.add_argument("--eval-steps", type=int,
+                        help="training steps per network (default: the run's, else the protocol's)")
+    parser.add_argument("--full-data", action=argparse.BooleanOptionalAction, default=True,
+                        help="also train on the whole train split (default: on)")
+
+
+# ----------------------------------------------------------------------------- commands
+
+
+def _load_data(name: str, root: str | None, seed: int):
+    from .data import load_dataset
+
+    return load_dataset(name, root, seed=seed)
+
+
+def _default_run_dir(dataset: str, ipc: int) -> Path:
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    base = Path("runs") / f"{dataset}-ipc{ipc}-{stamp}"
+    path, suffix = base, 1
+    while path.exists():
+        suffix += 1
+        path = base.with_name(f"{base.name}-{suffix}")
+    return path
+
+
+def cmd_distill(args: argparse.Namespace) -> int:
+    from .distill import DistillConfig, check_ipc, distill
+    from .plots import render_run
+    from .presets import preset_config
+    from .runs import Run
+
+    if args.resume:
+        if args.run_dir is None:
+            raise CliError("--resume needs --run-dir (the run to continue)")
+        stored = DistillConfig.from_dict(Run.open(args.run_dir).meta["config"])
+        dataset = Run.open(args.run_dir).meta["dataset"]
+        config = None if args.device is None else _with_device(stored, args.device)
+        data = _load_data(dataset, args.data_root, stored.seed)
+        run_dir = args.run_dir
+    else:
+        config = preset_config(
+            args.dataset, args.preset, ipc=args.ipc, epsilon=args.epsilon, discard=args.discard,
+            partner=args.partner, steps=args.steps, batch_size=args.batch_size, width=args.width,
+            depth=args.depth, optimizer=args.optimizer, lr=args.lr, flip=args.flip, zca=args.zca,
+            seed=args.seed, backend=args.backend, device=args.device, autocast=args.autocast,
+            checkpoint_every=args.checkpoint_every, eval_steps=args.eval_steps,
+        )
+        _check_device(config.device)
+        data = _load_data(args.dataset, args.data_root, config.seed)
+        check_ipc(data.train, config.ipc, data.num_classes)
+        run_dir = args.run_dir or _default_run_dir(args.dataset, args.ipc)
+        print(_describe_config(data, config, run_dir))
+    result = distill(data, config, run_dir=run_dir, resume=args.resume, progress=not args.quiet)
+    pictures = render_run(run_dir)
+    print(f"\ndistilled {result.steps_done} steps in {result.elapsed:.1f} s; run written to "
+          f"{run_dir}/ ({', '.join(p.name for p in pictures)})")
+    if not args.no_eval:
+        _print_evaluation(run_dir, data, args, device=result.config.device)
+    return 0
+
+
+def _with_device(config, device: str):
+    import dataclasses
+
+    _check_device(device)
+    return dataclasses.replace(config, device=device)
+
+
+def _check_device(device: str) -> None:
+    import torch
+
+    if torch.device(device).type == "cuda" and not torch.cuda.is_available():
+        raise CliError(f"device {device!r} requested but CUDA is not available; use --device cpu")
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .runs import load_distilled
+
+    _check_device(args.device)
+    meta = load_distilled(args.run_dir).meta
+    data = _load_data(meta["dataset"], args.data_root, int(meta.get("seed", 0)))
+    _print_evaluation(args.run_dir, data, args, device=args.device)
+    return 0
+
+
+def _print_evaluation(run_dir: Path, data, args: argparse.Namespace, *, device: str) -> None:
+    """Train the protocol's networks on the distilled set, a random subset and all data."""
+    from .data import Split, allows_flip
+    from .evaluate import evaluate_full_data, evaluate_random_subset, evaluate_set
+    from .runs import load_distilled
+
+    distilled = load_distilled(run_dir)
+    config = distilled.meta["config"]
+    steps = args.eval_steps or config.get("eval_steps")
+    prep = distilled.preprocessor
+    train = Split(prep.transform(data.train.images), data.train.labels)
+    test = Split(prep.transform(data.test.images), data.test.labels)
+    options = dict(
+        test=test, arch=config["arch"], norm="none", width=config["width"],
+        depth=config["depth"], num_models=args.eval_models, steps=steps,
+        flip=allows_flip(data.name), seed=config["seed"], device=device,
+        progress=not args.quiet, num_classes=data.num_classes,
+    )
+    ipc = int(distilled.meta["ipc"])
+    label = _method_name(config)
+    rows = [(f"distilled ({label})", len(distilled.images),
+             evaluate_set(distilled.images, distilled.labels, **options))]
+    rows.append(("random subset", ipc * data.num_classes,
+                 evaluate_random_subset(train, ipc, **options)))
+    if args.full_data:
+        rows.append(("full train data", len(train), evaluate_full_data(train, **options)))
+    budget = f"{steps} steps" if steps else "protocol step budget"
+    print(f"\n{data.name}, IPC {ipc}: test accuracy over {args.eval_models} Conv-NN networks "
+          f"(width {config['width']}, depth {config['depth']}, {budget}; {len(test)} test images)")
+    width = max(len("training set"), *(len(name) for name, _, _ in rows))
+    print(f"  {'training set':<{width}}  {'images':>7}   accuracy (%)")
+    for name, size, result in rows:
+        print(f"  {name:<{width}}  {size:>7}   {100 * result.mean:5.1f} ± {100 * result.std:.1f}")
+
+
+def _method_name(config: dict) -> str:
+    if config["epsilon"] == 0 and config["discard"] == 0:
+        return "FRePo"
+    return f"ISA eps={config['epsilon']:g}, discard={config['discard']:g}"
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from .plots import render_run
+    from .runs import LOG, load_distilled, read_log
+
+    distilled = load_distilled(args.run_dir)
+    pictures = render_run(args.run_dir)
+    meta = distilled.meta
+    config = meta["config"]
+    rows = read_log(Path(args.run_dir) / LOG)
+    measured = [row for row in rows if row["val_acc"] is not None]
+    print(f"run        {args.run_dir}")
+    print(f"dataset    {meta['dataset']} ({meta['num_classes']} classes), IPC {meta['ipc']}, "
+          f"{len(distilled.images)} images of {tuple(distilled.images.shape[1:])}")
+    print(f"method     {_method_name(config)}, partner={config['partner']}, "
+          f"optimizer={config['optimizer']}, flip={meta['flip']}, "
+          f"zca={meta['preprocessing'].get('zca')}")
+    print(f"network    {config['arch']} width {config['width']} depth {config['depth']} "
+          f"norm {config['norm']}, pool {config['pool_size']}")
+    print(f"progress   {meta['steps_done']} / {config['steps']} steps, "
+          f"{meta.get('elapsed_seconds', 0):.0f} s, seed {meta['seed']}, "
+          f"isa-distill {meta.get('version', '?')}")
+    if rows:
+        print(f"loss       {rows[0]['loss']:.4g} (step {rows[0]['step']}) -> "
+              f"{rows[-1]['loss']:.4g} (step {rows[-1]['step']})")
+    if measured:
+        history = ", ".join(f"{100 * r['val_acc']:.1f}% @ {r['step']}" for r in measured[-5:])
+        print(f"val acc    {history}")
+    print(f"pictures   {', '.join(str(p) for p in pictures)}")
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    import platform
+
+    import torch
+
+    from .data import KNOWN_DATASETS, DatasetError, load_dataset
+    from .runs import library_version
+
+    print(f"isa-distill {library_version()}  (python {platform.python_version()})")
+    print(f"torch       {torch.__version__}, threads {torch.get_num_threads()}")
+    if torch.cuda.is_available():
+        names = ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count()))
+        print(f"cuda        {torch.version.cuda}: {names}")
+    else:
+        print(f"cuda        not available (torch built with CUDA {torch.version.cuda})")
+    try:
+        from . import _core
+
+        rust = f"available (isa_distill._core {getattr(_core, '__version__', '?')})"
+    except ImportError as error:
+        rust = f"not built ({error}); run `maturin develop`"
+    print("backends    torch (any device); rust (CPU): " + rust)
+    print("datasets")
+    for name in KNOWN_DATASETS:
+        if name == "image-folder":
+            print(f"  {name:<14} pass --data-root")
+            continue
+        try:
+            data = load_dataset(name, val_size=0)
+            status = f"found: {len(data.train)} train / {len(data.test)} test, {data.num_classes} classes"
+        except DatasetError as error:
+            status = "not found (" + str(error).splitlines()[-1] + ")"
+        print(f"  {name:<14} {status}")
+    return 0
+
+
+def _describe_config(data, config, run_dir: Path) -> str:
+    from .distill import resolved_flip, resolved_zca
+
+    return (
+        f"distilling {data.name} ({len(data.train)} train images, {data.num_classes} classes) "
+        f"to IPC {config.ipc} with {_method_name(config.__dict__)}\n"
+        f"  {config.steps} steps, Conv-BN width {config.width} depth {config.depth}, batch "
+        f"{config.batch_size}, {config.optimizer} lr {config.peak_lr:g}, flip "
+        f"{resolved_flip(config, data.name)}, zca {resolved_zca(config, data.name)}, device "
+        f"{config.device}\n  run directory: {run_dir}"
+    )
+
+
+COMMANDS = {"distill": cmd_distill, "evaluate": cmd_evaluate, "show": cmd_show, "info": cmd_info}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from .data import DatasetError
+    from .runs import RunExistsError, RunNotFoundError
+
+    try:
+        return COMMANDS[args.command](args)
+    except (CliError, ValueError, DatasetError, RunExistsError, RunNotFoundError) as error:
+        message = " ".join(str(error).split())  # one line, even for multi-line messages
+        print(f"{PROG}: error: {message}", file=sys.stderr)
+        return USAGE_ERROR
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted; continue with --resume --run-dir <run>", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,105 @@
+"""The command line: user errors exit 2 with one clear line; a tiny end-to-end run."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from isa_distill.cli import main
+from isa_distill.runs import CHECKPOINT, DISTILLED, META
+
+TINY = ["--width", "8", "--depth", "2", "--batch-size", "32", "--checkpoint-every", "2",
+        "--eval-models", "1", "--eval-steps", "3", "--no-full-data", "--quiet"]  # fmt: skip
+
+
+@pytest.fixture(autouse=True, scope="module")
+def single_thread():
+    """Tiny networks run faster on one thread than on two contended ones."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def error_line(capsys) -> str:
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("isa-distill: error: ")
+    assert "Traceback" not in err
+    return lines[0]
+
+
+def test_unknown_dataset_lists_the_known_ones(capsys, tmp_path):
+    assert main(["distill", "--dataset", "imagenet-1k", "--run-dir", str(tmp_path / "r")]) == 2
+    line = error_line(capsys)
+    assert "unknown dataset 'imagenet-1k'" in line and "cifar10" in line and "digits" in line
+    assert not (tmp_path / "r").exists()
+
+
+def test_unknown_preset_is_an_argparse_error(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["distill", "--preset", "huge"])
+    assert exit_info.value.code == 2
+    assert "invalid choice: 'huge'" in capsys.readouterr().err
+
+
+def test_too_large_ipc(capsys, tmp_path):
+    assert main(["distill", "--ipc", "1000", "--run-dir", str(tmp_path / "r")]) == 2
+    assert "ipc=1000 is too large" in error_line(capsys)
+    assert not (tmp_path / "r").exists()
+
+
+def test_missing_data(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("ISA_DISTILL_DATA", str(tmp_path / "nothing-here"))
+    assert main(["distill", "--dataset", "cifar10", "--run-dir", str(tmp_path / "r")]) == 2
+    assert "dataset 'cifar10' not found" in error_line(capsys)
+
+
+def test_existing_run_dir_is_left_intact(capsys, tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "results.txt").write_text("precious")
+    assert main(["distill", "--run-dir", str(run_dir), *TINY, "--steps", "2"]) == 2
+    assert "already exists" in error_line(capsys)
+    assert [p.name for p in run_dir.iterdir()] == ["results.txt"]
+    assert (run_dir / "results.txt").read_text() == "precious"
+
+
+def test_resume_needs_a_run_dir(capsys):
+    assert main(["distill", "--resume"]) == 2
+    assert "--resume needs --run-dir" in error_line(capsys)
+
+
+def test_evaluate_and_show_need_a_run(capsys, tmp_path):
+    assert main(["evaluate", str(tmp_path)]) == 2
+    assert "not a run directory" in error_line(capsys)
+    assert main(["show", str(tmp_path)]) == 2
+    assert "not a run directory" in error_line(capsys)
+
+
+def test_distill_show_evaluate_resume_end_to_end(capsys, tmp_path):
+    run_dir = tmp_path / "run"
+    assert main(["distill", "--ipc", "1", "--steps", "3", "--run-dir", str(run_dir), *TINY]) == 0
+    out = capsys.readouterr().out
+    assert "distilled (ISA eps=1, discard=0.2)" in out and "random subset" in out
+    for name in (DISTILLED, META, CHECKPOINT, "log.csv", "images.png", "curves.png"):
+        assert (run_dir / name).is_file(), name
+
+    (run_dir / "images.png").unlink()
+    assert main(["show", str(run_dir)]) == 0
+    assert "3 / 3 steps" in capsys.readouterr().out
+    assert (run_dir / "images.png").is_file()
+
+    assert main(["evaluate", str(run_dir), "--eval-models", "1", "--eval-steps", "2", "--quiet",
+                 "--no-full-data"]) == 0  # fmt: skip
+    assert "random subset" in capsys.readouterr().out
+
+    # Resuming a finished run changes nothing and succeeds.
+    assert main(["distill", "--resume", "--run-dir", str(run_dir), "--no-eval", "--quiet"]) == 0
+
+
+def test_info_runs(capsys):
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert "torch" in out and "digits" in out

@@ -1,0 +1,206 @@
+"""The distillation loop: one step's effect, determinism, interrupted-and-resumed runs."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+import torch
+
+from isa_distill import distill as distill_module
+from isa_distill.data import DatasetSplits, class_balanced_subset, load_dataset
+from isa_distill.data.preprocess import Preprocessor
+from isa_distill.distill import (
+    DistillConfig,
+    ProtocolLamb,
+    cosine_lr,
+    distill,
+    draw_target_batch,
+    initial_pool,
+    initial_support_labels,
+    label_margin_penalty,
+    make_generators,
+    make_optimizer,
+    outer_loss,
+    preprocessed,
+)
+from isa_distill.runs import CHECKPOINT, RunExistsError, read_log
+
+
+@pytest.fixture(autouse=True, scope="module")
+def single_thread():
+    """Tiny networks run faster on one thread than on two contended ones."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tiny_digits() -> DatasetSplits:
+    """sklearn digits cut down to 200 train / 50 val / 50 test images (fast, no files needed)."""
+    data = load_dataset("digits", val_size=50)
+    return dataclasses.replace(
+        data, train=data.train.subset(torch.arange(200)), test=data.test.subset(torch.arange(50))
+    )
+
+
+def tiny_config(**overrides) -> DistillConfig:
+    values = dict(
+        ipc=2, steps=6, batch_size=64, width=8, depth=2, pool_size=3, max_online_updates=2,
+        online_batch=12, log_every=1, checkpoint_every=2, val_every=0, val_steps=5,
+    )  # fmt: skip
+    return DistillConfig(**{**values, **overrides})
+
+
+def test_one_step_changes_the_set_and_lowers_the_loss_on_a_fixed_batch(tiny_digits):
+    config = tiny_config()
+    generators = make_generators(0)
+    preprocessor = Preprocessor.fit(tiny_digits.train.images, zca=False)
+    train = preprocessed(tiny_digits.train, preprocessor, "cpu")
+    init = class_balanced_subset(tiny_digits.train, config.ipc, generators["data"])
+    images = preprocessor.transform(init.images).requires_grad_(True)
+    labels = initial_support_labels(init.labels, 10).requires_grad_(True)
+    model = initial_pool(config, tiny_digits, generators["pool"])[0].model
+    batch = draw_target_batch(train, config.batch_size, generators["data"])
+    optimizer = make_optimizer([images, labels], config)
+
+    def loss_on_batch() -> torch.Tensor:
+        partner_stream = torch.Generator().manual_seed(1)
+        return outer_loss(model, images, labels, batch, 10, config, False, partner_stream)
+
+    before_images, before_labels = images.detach().clone(), labels.detach().clone()
+    loss = loss_on_batch()
+    loss.backward()
+    optimizer.step()
+    assert not torch.equal(images.detach(), before_images)
+    assert not torch.equal(labels.detach(), before_labels)
+    with torch.no_grad():
+        assert loss_on_batch().item() < loss.item()
+
+
+def test_protocol_lamb_scales_each_whole_tensor_by_its_own_norm():
+    # LAMB's first step moves each tensor by lr * ||p|| (the trust ratio), whatever the gradient
+    # scale, separately per tensor; the norm is NOT clamped at 10 as in pytorch_optimizer's default.
+    big = torch.full((50, 50), 3.0, requires_grad=True)  # ||p|| = 150
+    small = torch.full((4,), 0.5, requires_grad=True)  # ||p|| = 1
+    optimizer = ProtocolLamb([big, small], lr=1e-2)
+    start = [big.detach().clone(), small.detach().clone()]
+    (1e3 * big.sum() + 1e-3 * (small * torch.arange(4.0)).sum()).backward()
+    optimizer.step()
+    for tensor, before in zip((big, small), start):
+        moved = (tensor.detach() - before).norm().item()
+        assert moved == pytest.approx(1e-2 * before.norm().item(), rel=1e-3)
+
+
+def test_label_margin_penalty_rewards_margins_up_to_one_over_c():
+    labels = torch.tensor([[0.9, 0.1, 0.0, 0.0], [0.30, 0.25, 0.0, 0.0]])
+    # row 0: margin 0.8 capped at 1/4; row 1: margin 0.05
+    assert label_margin_penalty(labels).item() == pytest.approx(-(0.25 + 0.05) / 2)
+
+
+def test_cosine_lr_runs_from_peak_to_final_fraction():
+    config = DistillConfig(steps=101, lr=2e-3, lr_final_fraction=0.1)
+    assert cosine_lr(0, config) == pytest.approx(2e-3)
+    assert cosine_lr(50, config) == pytest.approx(0.5 * (2e-3 + 2e-4))
+    assert cosine_lr(100, config) == pytest.approx(2e-4)
+    assert DistillConfig(optimizer="adam").peak_lr == 1e-3
+
+
+def test_initial_pool_counters_are_staggered(tiny_digits):
+    config = tiny_config(pool_size=4, max_online_updates=100)
+    pool = initial_pool(config, tiny_digits, make_generators(0)["pool"])
+    assert [member.updates for member in pool] == [0, 25, 50, 75]
+    first = [p.detach() for p in pool[0].model.parameters()]
+    second = [p.detach() for p in pool[1].model.parameters()]
+    assert not all(torch.equal(a, b) for a, b in zip(first, second))
+
+
+def test_initial_labels_are_scaled_centred_one_hot():
+    labels = initial_support_labels(torch.tensor([2, 0]), 40)
+    scale = 1 / math.sqrt(4)
+    assert labels[0, 2].item() == pytest.approx((1 - 1 / 40) * scale)
+    assert labels[0, 0].item() == pytest.approx(-1 / 40 * scale)
+
+
+def test_a_run_is_reproducible_and_moves_the_set(tiny_digits):
+    first = distill(tiny_digits, tiny_config(steps=3), progress=False)
+    second = distill(tiny_digits, tiny_config(steps=3), progress=False)
+    other_seed = distill(tiny_digits, tiny_config(steps=3, seed=1), progress=False)
+    assert torch.equal(first.images, second.images)
+    assert torch.equal(first.labels, second.labels)
+    assert not torch.equal(first.images, other_seed.images)
+    assert [row["step"] for row in first.history] == [1, 2, 3]
+
+
+def test_frepo_baseline_and_random_partner_run(tiny_digits):
+    for overrides in (dict(epsilon=0.0, discard=0.0), dict(partner="random", optimizer="adam")):
+        result = distill(tiny_digits, tiny_config(steps=2, **overrides), progress=False)
+        assert torch.isfinite(result.images).all()
+        assert all(math.isfinite(row["loss"]) for row in result.history)
+
+
+def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(tiny_digits, tmp_path, monkeypatch):
+    config = tiny_config(steps=7, checkpoint_every=2, val_every=3)
+    whole = distill(tiny_digits, config, run_dir=tmp_path / "whole", progress=False)
+
+    # Kill the second run inside step 6 (after the checkpoint at step 4): steps 5-6 are lost.
+    real_online_step = distill_module.online_step
+    calls = {"n": 0}
+
+    def dying_online_step(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 6:
+            raise RuntimeError("simulated kill")
+        return real_online_step(*args, **kwargs)
+
+    monkeypatch.setattr(distill_module, "online_step", dying_online_step)
+    with pytest.raises(RuntimeError, match="simulated kill"):
+        distill(tiny_digits, config, run_dir=tmp_path / "killed", progress=False)
+    monkeypatch.setattr(distill_module, "online_step", real_online_step)
+    checkpoint = torch.load(tmp_path / "killed" / CHECKPOINT, weights_only=True)
+    assert checkpoint["step"] == 4
+
+    resumed = distill(tiny_digits, None, run_dir=tmp_path / "killed", resume=True, progress=False)
+    assert torch.equal(resumed.images, whole.images)
+    assert torch.equal(resumed.labels, whole.labels)
+    whole_log = read_log(tmp_path / "whole" / "log.csv")
+    resumed_log = read_log(tmp_path / "killed" / "log.csv")
+    assert [r["step"] for r in resumed_log] == [1, 2, 3, 4, 5, 6, 7]
+    assert [r["loss"] for r in resumed_log] == [r["loss"] for r in whole_log]
+    assert [r["val_acc"] for r in resumed_log] == [r["val_acc"] for r in whole_log]
+    assert resumed_log[2]["val_acc"] is not None and resumed_log[1]["val_acc"] is None
+
+
+def test_resume_refuses_a_changed_config(tiny_digits, tmp_path):
+    distill(tiny_digits, tiny_config(steps=2), run_dir=tmp_path / "run", progress=False)
+    with pytest.raises(ValueError, match="epsilon"):
+        distill(tiny_digits, tiny_config(steps=2, epsilon=0.5), run_dir=tmp_path / "run",
+                resume=True, progress=False)  # fmt: skip
+
+
+def test_existing_run_dir_is_refused_and_left_intact(tiny_digits, tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "notes.txt").write_text("keep me")
+    with pytest.raises(RunExistsError, match="already exists"):
+        distill(tiny_digits, tiny_config(steps=1), run_dir=run_dir, progress=False)
+    assert [p.name for p in run_dir.iterdir()] == ["notes.txt"]
+    assert (run_dir / "notes.txt").read_text() == "keep me"
+
+
+def test_too_large_ipc_fails_before_creating_the_run(tiny_digits, tmp_path):
+    with pytest.raises(ValueError, match="ipc=500 is too large"):
+        distill(tiny_digits, tiny_config(ipc=500), run_dir=tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("discard", 1.0), ("partner", "farthest"), ("optimizer", "sgd"), ("steps", 0),
+     ("reg", -1.0), ("norm", "layer")],
+)  # fmt: skip
+def test_bad_config_names_the_field(field, value):
+    with pytest.raises(ValueError, match=field):
+        DistillConfig(**{field: value}).validate()

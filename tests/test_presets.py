@@ -1,0 +1,54 @@
+"""Presets: the paper's settings, small CPU settings, clear errors for unknown names."""
+
+from __future__ import annotations
+
+import pytest
+
+from isa_distill.data import KNOWN_DATASETS
+from isa_distill.presets import PRESETS, describe_presets, preset_config
+
+
+def test_paper_preset_matches_the_protocol():
+    config = preset_config("cifar10", "paper", ipc=10)
+    assert (config.width, config.depth, config.batch_size, config.steps) == (128, 3, 1024, 500_000)
+    assert (config.optimizer, config.peak_lr, config.lr_final_fraction) == ("lamb", 3e-4, 0.1)
+    assert (config.pool_size, config.max_online_updates, config.online_lr) == (10, 100, 3e-4)
+    assert (config.epsilon, config.discard, config.partner) == (1.0, 0.2, "nearest")
+    assert config.norm == "batch" and config.device == "cuda"
+
+
+@pytest.mark.parametrize("dataset", KNOWN_DATASETS)
+def test_cpu_presets_are_small(dataset):
+    config = preset_config(dataset, "cpu", ipc=1)
+    assert config.device == "cpu" and not config.autocast
+    assert config.steps <= 5_000 and config.width <= 32 and config.batch_size <= 512
+
+
+def test_overrides_apply_and_none_keeps_the_preset():
+    config = preset_config("digits", "cpu", ipc=5, epsilon=0.0, discard=None, steps=7)
+    assert (config.ipc, config.epsilon, config.steps) == (5, 0.0, 7)
+    assert config.discard == preset_config("digits", "cpu").discard
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("svhn", "cpu"), "unknown dataset 'svhn'; known datasets: digits, mnist"),
+        (("digits", "fast"), "unknown preset 'fast'; known presets: cpu, paper"),
+    ],
+)
+def test_unknown_names_list_the_known_ones(args, message):
+    with pytest.raises(ValueError, match=message):
+        preset_config(*args)
+
+
+def test_bad_overrides_are_rejected():
+    with pytest.raises(ValueError, match="unknown config fields"):
+        preset_config("digits", "cpu", learning_rate=1.0)
+    with pytest.raises(ValueError, match="discard"):
+        preset_config("digits", "cpu", discard=1.5)
+
+
+def test_describe_lists_every_preset_and_dataset():
+    text = describe_presets()
+    assert len(text.splitlines()) == len(PRESETS) * len(KNOWN_DATASETS)
