@@ -7,7 +7,7 @@
 
 use std::cmp::Ordering;
 
-use crate::krr::product;
+use crate::krr::gram;
 use crate::matrix::{Float, MatView, RowMajor};
 
 /// l_i = 1/2 ||A_i||^2 for every target.
@@ -36,14 +36,15 @@ pub(crate) fn keep_hardest<T: Float>(plain: &[T], n_keep: usize) -> Vec<usize> {
 /// target features (lowest index on ties; a zero vector has similarity 0 with everything).
 /// With a single kept target its partner is itself (only allowed when epsilon = 0).
 ///
-/// Cost: one (n_keep x d) x (d x n_keep) product, the dominant one of the whole op.
+/// Cost: one symmetric (n_keep x d) x (d x n_keep) product (lower triangle only), the dominant
+/// one of the whole op.
 pub(crate) fn nearest_partners<T: Float>(features: MatView<'_, T>, kept: &[usize]) -> Vec<usize> {
     let d = features.cols();
     let mut gathered = RowMajor::zeros(kept.len(), d);
     for (dst, &i) in gathered.data.chunks_exact_mut(d).zip(kept) {
         dst.copy_from_slice(features.row(i));
     }
-    let gram = product(gathered.faer(), gathered.faer().transpose());
+    let gram = gram(gathered.faer());
     let n = kept.len();
     let norms: Vec<f64> = (0..n)
         .map(|r| gram.data[r * n + r].to_f64().sqrt())

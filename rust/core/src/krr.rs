@@ -7,6 +7,7 @@
 //! (N x M) cross kernel. Products run in the input type with faer's global parallelism; the
 //! factorization and the triangular solves in the type of the factor (f64 by default).
 
+use faer::linalg::matmul::triangular::BlockStructure;
 use faer::linalg::triangular_solve::{
     solve_lower_triangular_in_place, solve_upper_triangular_in_place,
 };
@@ -34,6 +35,30 @@ pub(crate) fn product<T: Float>(lhs: MatRef<'_, T>, rhs: MatRef<'_, T>) -> RowMa
         T::from_f64(1.0),
         par(),
     );
+    out
+}
+
+/// lhs lhs^T. Only the lower triangle is multiplied (half the flops of a general product);
+/// the upper one is mirrored from it, so the result is exactly symmetric.
+pub(crate) fn gram<T: Float>(lhs: MatRef<'_, T>) -> RowMajor<T> {
+    let n = lhs.nrows();
+    let mut out = RowMajor::zeros(n, n);
+    faer::linalg::matmul::triangular::matmul(
+        out.faer_mut(),
+        BlockStructure::TriangularLower,
+        Accum::Replace,
+        lhs,
+        BlockStructure::Rectangular,
+        lhs.transpose(),
+        BlockStructure::Rectangular,
+        T::from_f64(1.0),
+        par(),
+    );
+    for i in 1..n {
+        for j in 0..i {
+            out.data[j * n + i] = out.data[i * n + j];
+        }
+    }
     out
 }
 
@@ -68,14 +93,8 @@ pub(crate) fn fit<T: Float>(
 ) -> Result<Fit<T>> {
     let fs = support.faer();
     let (gram, rhs) = match form {
-        Form::Dual => (
-            product(fs, fs.transpose()),
-            RowMajor::from_faer(labels.faer()),
-        ),
-        Form::Primal => (
-            product(fs.transpose(), fs),
-            product(fs.transpose(), labels.faer()),
-        ),
+        Form::Dual => (gram(fs), RowMajor::from_faer(labels.faer())),
+        Form::Primal => (gram(fs.transpose()), product(fs.transpose(), labels.faer())),
     };
     let lam = reg_mode.lam(reg, gram_trace(support), support.rows());
     if solve_f64 {
@@ -296,4 +315,38 @@ fn frobenius_dot<T: Float>(a: &RowMajor<T>, b: MatView<'_, T>) -> f64 {
 /// The row-major data of m^T.
 fn transposed<T: Float>(m: &RowMajor<T>) -> Vec<T> {
     RowMajor::from_faer(m.faer().transpose()).data
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{gram, product};
+    use crate::matrix::RowMajor;
+
+    /// A deterministic non-symmetric pattern, so a wrong mirror or a missed block shows.
+    fn pattern(rows: usize, cols: usize) -> RowMajor<f64> {
+        let data = (0..rows * cols)
+            .map(|k| ((k * 7919 % 113) as f64 - 56.0) / 17.0)
+            .collect();
+        RowMajor { data, rows, cols }
+    }
+
+    #[test]
+    fn gram_matches_the_general_product_and_is_symmetric() {
+        for (rows, cols) in [(1, 3), (7, 5), (130, 9), (67, 300)] {
+            let a = pattern(rows, cols);
+            let fast = gram(a.faer());
+            let full = product(a.faer(), a.faer().transpose());
+            for i in 0..rows {
+                for j in 0..rows {
+                    let got = fast.data[i * rows + j];
+                    assert_eq!(got, fast.data[j * rows + i], "not symmetric at ({i}, {j})");
+                    let want = full.data[i * rows + j];
+                    assert!(
+                        (got - want).abs() <= 1e-9 * (1.0 + want.abs()),
+                        "({i}, {j})"
+                    );
+                }
+            }
+        }
+    }
 }
