@@ -124,6 +124,17 @@ def test_non_finite_input(problem, argument, bad):
         call(problem, **{argument: tensor})
 
 
+def test_finite_values_whose_sum_overflows_are_not_reported_as_non_finite():
+    from isa_distill._validate import check_finite
+
+    huge = torch.full((4, 3), torch.finfo(torch.float32).max)
+    assert not torch.isfinite(huge.sum())  # the fast path is inconclusive here...
+    check_finite({"target_features": huge})  # ...and the exact scan accepts it
+    huge[1, 2] = float("nan")
+    with pytest.raises(ValueError, match="target_features contains NaN or Inf"):
+        check_finite({"target_features": huge})
+
+
 def test_non_finite_epsilon(problem):
     with pytest.raises(ValueError, match="epsilon must be finite"):
         call(problem, epsilon=float("nan"))
