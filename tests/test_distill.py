@@ -134,6 +134,31 @@ def test_a_run_is_reproducible_and_moves_the_set(tiny_digits):
     assert [row["step"] for row in first.history] == [1, 2, 3]
 
 
+def test_hooks_replace_the_loss_and_the_target_batch(tiny_digits):
+    from isa_distill.functional import isa_krr_loss
+
+    calls = {"loss": 0, "targets": 0}
+
+    def same_loss(fs, ys, ft, yt, *, config, generator):
+        calls["loss"] += 1
+        return isa_krr_loss(fs, ys, ft, yt, epsilon=config.epsilon, discard=config.discard,
+                            generator=generator)
+
+    def same_targets(images, labels, generator):
+        calls["targets"] += 1
+        return images, labels
+
+    plain = distill(tiny_digits, tiny_config(steps=3), progress=False)
+    hooked = distill(tiny_digits, tiny_config(steps=3), progress=False,
+                     loss_fn=same_loss, target_transform=same_targets)
+    assert calls == {"loss": 3, "targets": 3}
+    assert torch.equal(plain.images, hooked.images)  # identity hooks change nothing
+
+    zeroed = distill(tiny_digits, tiny_config(steps=3), progress=False,
+                     target_transform=lambda images, labels, g: (images * 0, labels))
+    assert not torch.equal(plain.images, zeroed.images)
+
+
 def test_frepo_baseline_and_random_partner_run(tiny_digits):
     for overrides in (dict(epsilon=0.0, discard=0.0), dict(partner="random", optimizer="adam")):
         result = distill(tiny_digits, tiny_config(steps=2, **overrides), progress=False)

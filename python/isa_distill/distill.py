@@ -27,7 +27,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -39,6 +39,9 @@ from .data import DatasetSplits, Split, allows_flip, class_balanced_subset, uses
 from .data.preprocess import Preprocessor
 from .functional import isa_krr_loss
 from .models import build_model
+
+LossHook = Callable[..., torch.Tensor]
+TargetHook = Callable[[torch.Tensor, torch.Tensor, torch.Generator], tuple[torch.Tensor, torch.Tensor]]
 
 OPTIMIZERS = ("lamb", "adam")
 PARTNERS = ("nearest", "random")
@@ -294,30 +297,46 @@ def outer_loss(
     config: DistillConfig,
     flip: bool,
     loss_generator: torch.Generator,
+    loss_fn: LossHook | None = None,
+    target_transform: TargetHook | None = None,
 ) -> torch.Tensor:
-    """Steps 1-3 of the outer step: ISA KRR loss of the support set on one target batch."""
+    """Steps 1-3 of the outer step: ISA KRR loss of the support set on one target batch.
+
+    The ablations' hooks: ``target_transform`` rewrites the target batch (images, centred one-hot
+    labels) before feature extraction, ``loss_fn`` replaces the isa_krr_loss call. Both draw from
+    the loss generator, so the target-batch and pool streams stay paired with the baseline's.
+    """
     model.eval()
     model.requires_grad_(False)  # only the synthetic set receives gradients here
+    target_images = target.images
+    target_labels = centred_one_hot(target.labels, num_classes)
+    if target_transform is not None:
+        target_images, target_labels = target_transform(target_images, target_labels,
+                                                        loss_generator)
     with torch.no_grad(), autocast_context(config):
-        target_features = model.features(target.images)
+        target_features = model.features(target_images)
     images, labels = support_images, support_labels
     if flip:
         images = torch.cat([images, images.flip(-1)])
         labels = torch.cat([labels, labels])
     with autocast_context(config):
         support_features = model.features(images)
-    loss = isa_krr_loss(
-        support_features.float(),
-        labels,
-        target_features.float(),
-        centred_one_hot(target.labels, num_classes),
-        epsilon=config.epsilon,
-        discard=config.discard,
-        partner=config.partner,
-        reg=config.reg,
-        backend=config.backend,
-        generator=loss_generator,
-    )
+    if loss_fn is not None:
+        loss = loss_fn(support_features.float(), labels, target_features.float(), target_labels,
+                       config=config, generator=loss_generator)
+    else:
+        loss = isa_krr_loss(
+            support_features.float(),
+            labels,
+            target_features.float(),
+            target_labels,
+            epsilon=config.epsilon,
+            discard=config.discard,
+            partner=config.partner,
+            reg=config.reg,
+            backend=config.backend,
+            generator=loss_generator,
+        )
     if config.label_margin and config.learn_labels:
         loss = loss + label_margin_penalty(support_labels)
     return loss
@@ -438,8 +457,14 @@ def distill(
     run_dir: str | Path | None = None,
     resume: bool = False,
     progress: bool = True,
+    loss_fn: LossHook | None = None,
+    target_transform: TargetHook | None = None,
 ) -> DistillResult:
     """Distil ``data`` with ``config``; with ``run_dir``, checkpoint and write the run there.
+
+    ``loss_fn(F_S, Y_S, F_T, Y_T, *, config, generator) -> loss`` replaces the ISA loss and
+    ``target_transform(images, labels, generator) -> (images, labels)`` rewrites each target
+    batch; both exist for the ablations (see ``outer_loss``) and are not stored with the run.
 
     ``resume=True`` continues the run in ``run_dir`` from its last checkpoint with the config
     stored there (``config`` may then be None; if given, it must match apart from ``device``).
@@ -519,7 +544,7 @@ def distill(
         target = draw_target_batch(train, batch_size, generators["data"])
         loss = outer_loss(
             member.model, support_images, support_labels, target, num_classes, config, flip,
-            generators["loss"],
+            generators["loss"], loss_fn, target_transform,
         )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
