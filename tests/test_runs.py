@@ -130,3 +130,10 @@ def test_load_distilled_reports_what_is_missing(tmp_path):
     (run.path / DISTILLED).unlink()
     with pytest.raises(RunNotFoundError, match="no distilled.safetensors"):
         load_distilled(run.path)
+
+
+def test_load_distilled_is_public_at_the_package_top_level():
+    import isa_distill
+
+    assert isa_distill.load_distilled is load_distilled
+    assert "load_distilled" in isa_distill.__all__

@@ -25,6 +25,15 @@ def _version() -> str:
 
 __version__ = _version()
 
+
+def __getattr__(name: str):
+    """``isa_distill.load_distilled`` without importing the pipeline at package import."""
+    if name == "load_distilled":
+        from .runs import load_distilled
+
+        return load_distilled
+    raise AttributeError(f"module 'isa_distill' has no attribute {name!r}")
+
 __all__ = [
     "ISAInfo",
     "ISAKRRLoss",
@@ -32,4 +41,5 @@ __all__ = [
     "__version__",
     "isa_krr_loss",
     "krr_predict",
+    "load_distilled",
 ]

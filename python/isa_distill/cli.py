@@ -82,6 +82,9 @@ def _parser() -> argparse.ArgumentParser:
     show.add_argument("run_dir", type=Path)
 
     commands.add_parser("info", help="versions, backends, devices and datasets found")
+    from .experiments.cli import add_subcommands
+
+    add_subcommands(commands)  # ablate, hardness, diversity, cross-arch, continual, mia
     return parser
 
 
@@ -302,6 +305,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .data import DatasetError
     from .runs import RunExistsError, RunNotFoundError
 
+    if hasattr(args, "handler"):  # an experiment subcommand handles its own errors
+        return args.handler(args)
     try:
         return COMMANDS[args.command](args)
     except (CliError, ValueError, DatasetError, RunExistsError, RunNotFoundError) as error:
