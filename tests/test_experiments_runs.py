@@ -1,0 +1,134 @@
+"""Every experiment end to end on digits at a tiny budget: files, ranges, pairing, errors."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+import torch
+
+from isa_distill.data import load_dataset
+from isa_distill.distill import distill
+from isa_distill.experiments import cli
+from isa_distill.experiments.ablate import run_ablation
+from isa_distill.experiments.continual import run_continual
+from isa_distill.experiments.cross_arch import run_cross_arch
+from isa_distill.experiments.diversity import run_diversity
+from isa_distill.experiments.hardness import run_hardness
+from isa_distill.experiments.mia import ATTACKERS, run_mia
+from isa_distill.experiments.pipeline import distill_config
+from isa_distill.experiments.settings import experiment_settings
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny nets; the machine is shared
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny(**overrides):
+    values = dict(steps=3, batch_size=9, eval_models=1, eval_steps=5, seeds=(0, 1), ipc=1)
+    values.update(overrides)
+    return experiment_settings("cpu", **values)
+
+
+def read_csv(path):
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def assert_outputs(out, *names):
+    for name in ("table.md", "table.csv", "plot.png", *names):
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    assert not list(out.glob(".*.tmp"))  # atomic writes leave no temporaries
+
+
+def test_ablation_pairs_variants_and_a_variant_equal_to_the_baseline_matches_it(tmp_path):
+    # With a 9-sample batch, discard 0.1 drops floor(0.9) = 0 targets: exactly the baseline.
+    rows = run_ablation(tiny(), tmp_path, ["easy10", "isa0.5"])
+    assert_outputs(tmp_path)
+    by_name = {r["variant"]: r for r in rows}
+    assert list(by_name) == ["baseline", "easy10", "isa0.5"]  # baseline first, added when absent
+    assert by_name["easy10"]["acc_mean"] == by_name["baseline"]["acc_mean"]
+    assert by_name["easy10"]["diff_vs_baseline"] == 0.0
+    assert by_name["baseline"]["ci95_low"] == by_name["baseline"]["ci95_high"] == 0.0
+    for row in rows:
+        assert 0.0 <= row["acc_mean"] <= 1.0 and row["seeds"] == 2
+    assert [r["variant"] for r in read_csv(tmp_path / "table.csv")] == list(by_name)
+
+
+def test_diversity_scores_lie_in_the_unit_interval(tmp_path):
+    rows = run_diversity(tiny(seeds=(0,), ipc=2), tmp_path, ["baseline", "easy20"], k=3,
+                         max_real=60, feature_steps=5)
+    assert_outputs(tmp_path)
+    for row in rows:
+        for metric in ("precision", "recall", "coverage"):
+            assert 0.0 <= row[f"{metric}_mean"] <= 1.0
+
+
+def test_hardness_splits_the_batch_80_20_and_counts_every_target(tmp_path):
+    split_rows, pca_rows = run_hardness(tiny(seeds=(0,), batch_size=40, ipc=2), tmp_path,
+                                        ["baseline"], batches=2, per_class=10, feature_steps=5)
+    assert_outputs(tmp_path, "pca.md", "pca.csv")
+    (row,) = split_rows
+    assert row["plain_hard_mean"] >= row["plain_easy_mean"]  # the split is by plain loss
+    assert row["hard_to_easy_mean"] >= 0 and row["easy_to_hard_mean"] >= 0
+    assert sum(r["targets"] for r in pca_rows) == 30
+    assert sum(r["discarded"] for r in pca_rows) == 6  # floor(0.2 * 30)
+    assert all(r["kept"] + r["discarded"] == r["targets"] for r in pca_rows)
+
+
+def test_continual_reports_every_step_and_memory_grows(tmp_path):
+    rows = run_continual(tiny(seeds=(0,)), tmp_path, num_steps=5, methods=["random", "frepo"])
+    assert_outputs(tmp_path)
+    assert [(r["method"], r["step"]) for r in rows] == [
+        (m, s) for m in ("random", "frepo") for s in range(1, 6)]
+    assert [r["memory"] for r in rows[:5]] == [2, 4, 6, 8, 10]
+    assert all(0.0 <= r["acc_mean"] <= 1.0 for r in rows)
+    with pytest.raises(ValueError, match="num_steps must divide"):
+        run_continual(tiny(), tmp_path, num_steps=3)
+    with pytest.raises(ValueError, match=">= 2 classes per step"):
+        run_continual(tiny(), tmp_path, num_steps=10)
+
+
+def test_mia_reports_every_attacker_with_auc_in_range(tmp_path):
+    rows = run_mia(tiny(seeds=(0,), eval_steps=6), tmp_path, members=40, budgets=2)
+    assert_outputs(tmp_path, "curve.md", "curve.csv")
+    assert {(r["source"], r["attacker"]) for r in rows} == {
+        (s, a) for s in ("real", "random subset", "distilled") for a in ATTACKERS}
+    for row in rows:
+        assert 0.0 <= row["attack_auc"] <= 1.0 and 0.0 <= row["attack_acc"] <= 1.0
+    curve = read_csv(tmp_path / "curve.csv")
+    assert [int(r["steps"]) for r in curve] == [3, 6] * 3
+    with pytest.raises(ValueError, match="non-members"):
+        run_mia(tiny(seeds=(0,)), tmp_path, members=1200)
+
+
+def test_cross_arch_evaluates_a_run_dir_on_the_chosen_architectures(tmp_path):
+    settings = tiny(seeds=(0,))
+    run_dir = tmp_path / "run"
+    distill(load_dataset("digits"), distill_config(settings, 0), run_dir=run_dir, progress=False)
+    out = tmp_path / "out"
+    rows = run_cross_arch(run_dir, settings, out, ["Conv-NN", "AlexNet"])
+    assert_outputs(out)
+    assert [r["set"] for r in rows] == ["distilled", "random subset"]
+    assert all(0.0 <= r[name] <= 1.0 for r in rows for name in ("Conv-NN", "AlexNet"))
+    with pytest.raises(ValueError, match="architectures must be among"):
+        run_cross_arch(run_dir, settings, out, ["LeNet"])
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["ablate", "--variants", "nope"], "unknown variants"),
+    (["ablate", "--seeds", "1", "1"], "seeds must be distinct"),
+    (["ablate", "--dataset", "mnist-nope"], "dataset"),
+    (["continual", "--num-steps", "3"], "num_steps must divide"),
+    (["cross-arch", "does-not-exist"], "not a run directory"),
+    (["mia", "--threads", "0"], "--threads must be >= 1"),
+])
+def test_cli_turns_bad_arguments_into_one_line_and_status_2(argv, message, capsys, tmp_path):
+    assert cli.main([*argv, "--out", str(tmp_path / "out"), "--quiet"]) == 2
+    error = capsys.readouterr().err
+    assert message in error and error.count("\n") == 1
+    assert not (tmp_path / "out").exists()
