@@ -74,3 +74,12 @@ def random_problem(
 @pytest.fixture
 def make_problem():
     return random_problem
+
+
+@pytest.fixture(scope="module")
+def single_thread():
+    """Tiny networks run faster on one torch thread than on two contended ones."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 from isa_distill.cli import main
 from isa_distill.runs import CHECKPOINT, DISTILLED, META
@@ -12,13 +11,7 @@ TINY = ["--width", "8", "--depth", "2", "--batch-size", "32", "--checkpoint-ever
         "--eval-models", "1", "--eval-steps", "3", "--no-full-data", "--quiet"]  # fmt: skip
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Tiny networks run faster on one thread than on two contended ones."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def error_line(capsys) -> str:

@@ -27,14 +27,7 @@ from isa_distill.distill import (
 )
 from isa_distill.runs import CHECKPOINT, RunExistsError, read_log
 
-
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Tiny networks run faster on one thread than on two contended ones."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")

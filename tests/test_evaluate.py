@@ -23,13 +23,7 @@ from isa_distill.evaluate import (
 TINY = dict(width=8, steps=60, lr=3e-3, warmup=10, num_models=2, flip=False, progress=False)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Tiny networks run faster on one thread than on two contended ones."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 
 import pytest
-import torch
 
 from isa_distill.data import load_dataset
 from isa_distill.distill import distill
@@ -19,13 +18,7 @@ from isa_distill.experiments.mia import ATTACKERS, run_mia
 from isa_distill.experiments.pipeline import distill_config
 from isa_distill.experiments.settings import experiment_settings
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny nets; the machine is shared
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def tiny(**overrides):

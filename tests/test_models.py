@@ -7,14 +7,7 @@ import torch
 
 from isa_distill.models import KNOWN_MODELS, NORMS, build_model
 
-
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Tiny networks run faster on one thread than on two contended ones."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.mark.parametrize("name", KNOWN_MODELS)
