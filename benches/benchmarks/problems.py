@@ -11,24 +11,15 @@ import torch
 
 from isa_distill import isa_krr_loss
 from isa_distill.baselines import monte_carlo_isa_loss, naive_isa_krr_loss
+from isa_distill.bench_report import problem
 
 EPSILON, DISCARD = 1.0, 0.2
 
 
 @lru_cache(maxsize=8)
 def krr_problem(n: int, m: int, d: int, c: int, dtype_name: str = "float32", device: str = "cpu"):
-    """Support/target features and centred one-hot labels shaped like a FRePo step.
-
-    Features are ReLU outputs (non-negative, like a conv net's), so cosine partners are meaningful.
-    """
-    gen = torch.Generator().manual_seed(1234)
-    dtype = getattr(torch, dtype_name)
-    fs = torch.randn(m, d, generator=gen).relu_()
-    ft = torch.randn(n, d, generator=gen).relu_()
-    eye = torch.eye(c)
-    ys = eye[torch.arange(m) % c] - 1.0 / c
-    yt = eye[torch.randint(0, c, (n,), generator=gen)] - 1.0 / c
-    return tuple(t.to(dtype=dtype, device=device) for t in (fs, ys, ft, yt))
+    """The report's fixed-seed FRePo-shaped problem (ReLU features, centred one-hot labels)."""
+    return problem(n, m, d, c, getattr(torch, dtype_name), device)
 
 
 def with_grad(tensors):
