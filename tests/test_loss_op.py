@@ -129,5 +129,6 @@ def test_public_surface():
         "__version__",
         "isa_krr_loss",
         "krr_predict",
+        "load_distilled",
     }
     assert isinstance(isa_distill.__version__, str) and isa_distill.__version__
