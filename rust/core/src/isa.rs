@@ -9,6 +9,7 @@ use std::cmp::Ordering;
 
 use crate::krr::gram;
 use crate::matrix::{Float, MatView, RowMajor};
+use crate::scratch;
 
 /// l_i = 1/2 ||A_i||^2 for every target.
 pub(crate) fn plain_losses<T: Float>(residual: MatView<'_, T>) -> Vec<T> {
@@ -40,11 +41,17 @@ pub(crate) fn keep_hardest<T: Float>(plain: &[T], n_keep: usize) -> Vec<usize> {
 /// one of the whole op.
 pub(crate) fn nearest_partners<T: Float>(features: MatView<'_, T>, kept: &[usize]) -> Vec<usize> {
     let d = features.cols();
-    let mut gathered = RowMajor::zeros(kept.len(), d);
-    for (dst, &i) in gathered.data.chunks_exact_mut(d).zip(kept) {
-        dst.copy_from_slice(features.row(i));
+    let mut data = scratch::buffer(kept.len() * d);
+    for &i in kept {
+        data.extend_from_slice(features.row(i));
     }
+    let gathered = RowMajor {
+        data,
+        rows: kept.len(),
+        cols: d,
+    };
     let gram = gram(gathered.faer());
+    scratch::recycle(gathered.data);
     let n = kept.len();
     let norms: Vec<f64> = (0..n)
         .map(|r| gram.data[r * n + r].to_f64().sqrt())

@@ -14,7 +14,7 @@ use faer::linalg::triangular_solve::{
 use faer::{Accum, MatRef, Side};
 
 use crate::error::{CoreError, Result};
-use crate::matrix::{Factor, FactorView, Float, MatView, RowMajor};
+use crate::matrix::{all_finite, Factor, FactorView, Float, MatView, RowMajor};
 use crate::options::{Form, RegMode};
 
 /// Escalations tried after the first factorization fails: lam * 10^k for these k.
@@ -162,7 +162,7 @@ fn cholesky<S: Float>(gram: &RowMajor<S>, lam: f64) -> Option<RowMajor<S>> {
     }
     let llt = system.faer().llt(Side::Lower).ok()?;
     let factor = RowMajor::from_faer(llt.L());
-    let healthy = factor.data.iter().all(|x| x.finite())
+    let healthy = all_finite(&factor.data)
         && (0..factor.rows).all(|i| factor.data[i * factor.cols + i] > S::from_f64(0.0));
     healthy.then_some(factor)
 }

@@ -21,6 +21,7 @@ mod isa;
 mod krr;
 mod matrix;
 mod options;
+pub mod scratch;
 mod validate;
 
 pub use error::{format_lam, CoreError, Result};

@@ -1,7 +1,7 @@
 //! Argument checks shared by the public entry points. All run before any computation.
 
 use crate::error::{CoreError, Result};
-use crate::matrix::{Float, MatView};
+use crate::matrix::{all_finite, Float, MatView};
 
 /// Rejects an empty matrix (no rows or no columns) or one with NaN / Inf.
 pub(crate) fn nonempty_finite<T: Float>(arg: &'static str, mat: MatView<'_, T>) -> Result<()> {
@@ -13,7 +13,7 @@ pub(crate) fn nonempty_finite<T: Float>(arg: &'static str, mat: MatView<'_, T>) 
 
 /// Rejects NaN / Inf.
 pub(crate) fn finite<T: Float>(arg: &'static str, values: &[T]) -> Result<()> {
-    if values.iter().all(|x| x.finite()) {
+    if all_finite(values) {
         Ok(())
     } else {
         Err(CoreError::NonFinite { arg })

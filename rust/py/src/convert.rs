@@ -1,7 +1,8 @@
 //! numpy arrays in and out.
 //!
 //! Inputs are copied into owned buffers while the GIL is held, so that no borrowed numpy memory
-//! is touched after the GIL is released (the copy is cheap next to the O(n^3) work). Problems
+//! is touched after the GIL is released; the buffers are recycled (`isa_core::scratch`), which
+//! makes the copy a plain memcpy instead of fresh pages from the OS. Problems
 //! with an argument are reported as `CoreError`s, so the bindings have one error conversion.
 
 use isa_core::{CoreError, Float, RowMajor};
@@ -72,7 +73,7 @@ pub(crate) fn float_kind(
 }
 
 /// Copies an n-d array of element type `T` (already dtype-checked) and returns its shape.
-fn copy_array<T: Element + Copy>(
+fn copy_array<T: Element + Copy + 'static>(
     obj: &Bound<'_, PyAny>,
     arg: &'static str,
     ndim: usize,
@@ -97,7 +98,7 @@ fn copy_array<T: Element + Copy>(
     })?;
     // `as_slice` also accepts Fortran-ordered arrays, whose memory order is not row-major.
     let data = match readonly.as_slice() {
-        Ok(slice) if array.is_c_contiguous() => slice.to_vec(),
+        Ok(slice) if array.is_c_contiguous() => isa_core::scratch::copied(slice),
         _ => readonly.as_array().iter().copied().collect(),
     };
     Ok((data, shape))

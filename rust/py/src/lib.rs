@@ -33,11 +33,28 @@ struct Arrays<'a, 'py> {
 }
 
 /// Owned copies of [`Arrays`] in the input type.
-struct Owned<T> {
+struct Owned<T: Copy + 'static> {
     support_features: RowMajor<T>,
     support_labels: RowMajor<T>,
     targets: RowMajor<T>,
     labels: Option<RowMajor<T>>,
+}
+
+/// The copies go back to `isa_core::scratch` so the next call reuses their memory.
+impl<T: Copy + 'static> Drop for Owned<T> {
+    fn drop(&mut self) {
+        let labels = self.labels.as_mut().map(|l| std::mem::take(&mut l.data));
+        for data in [
+            std::mem::take(&mut self.support_features.data),
+            std::mem::take(&mut self.support_labels.data),
+            std::mem::take(&mut self.targets.data),
+        ]
+        .into_iter()
+        .chain(labels)
+        {
+            isa_core::scratch::recycle(data);
+        }
+    }
 }
 
 impl Arrays<'_, '_> {
