@@ -37,6 +37,7 @@ from tqdm.auto import tqdm
 from . import runs
 from .data import DatasetSplits, Split, allows_flip, class_balanced_subset, uses_zca_by_default
 from .data.preprocess import Preprocessor
+from .evaluate import centred_one_hot
 from .functional import isa_krr_loss
 from .models import build_model
 
@@ -188,11 +189,6 @@ def resolved_flip(config: DistillConfig, dataset: str) -> bool:
 
 def resolved_zca(config: DistillConfig, dataset: str) -> bool:
     return uses_zca_by_default(dataset) if config.zca is None else config.zca
-
-
-def centred_one_hot(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """1 - 1/C for the true class, -1/C elsewhere."""
-    return F.one_hot(labels, num_classes).float() - 1.0 / num_classes
 
 
 def initial_support_labels(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
