@@ -8,6 +8,7 @@ from conftest import BACKENDS, random_problem
 
 import isa_distill._torch_backend as torch_backend
 from isa_distill import NotPositiveDefiniteError, isa_krr_loss, krr_predict
+from isa_distill.checks import ESCALATIONS, Status
 
 
 @pytest.fixture
@@ -183,10 +184,41 @@ def test_zero_support_warns_then_raises_not_positive_definite(problem, backend):
     assert issubclass(NotPositiveDefiniteError, torch.linalg.LinAlgError)
 
 
+@pytest.mark.parametrize(("smallest", "escalations"), [(0.5, 0), (-0.5, 1), (-5.0, 2),
+                                                      (-50.0, 3), (-500.0, None)])
+def test_escalation_picks_the_first_positive_definite_ridge_on_the_device(smallest, escalations):
+    # lam = 0.1; the system becomes positive definite once lam * 10^k exceeds -smallest.
+    system = torch.diag(torch.tensor([1.0, smallest], dtype=torch.float64))
+    chol, lam, status = torch_backend.factor_with_escalation(
+        system, torch.tensor(0.1, dtype=torch.float64)
+    )
+    value = Status(int(status))
+    if escalations is None:
+        assert value & Status.NOT_POSITIVE_DEFINITE
+        return
+    assert not value & Status.NOT_POSITIVE_DEFINITE
+    assert sum(bool(value & bit) for bit in ESCALATIONS) == escalations
+    assert float(lam) == pytest.approx(0.1 * 10**escalations)
+    torch.testing.assert_close(chol @ chol.T, system + lam * torch.eye(2, dtype=torch.float64))
+
+
 def test_ridge_escalation_warns_with_the_new_lam():
     # An indefinite system that the first escalation (lam 0.1 -> 1.0) makes positive definite.
+    problem = random_problem(2, 3, 4, 2, seed=0)
     system = torch.diag(torch.tensor([1.0, -0.5], dtype=torch.float64))
-    with pytest.warns(RuntimeWarning, match=r"retrying with lam=1\.000e\+00") as record:
-        chol, lam = torch_backend.factor_with_escalation(system, 0.1)
-    assert len(record) == 1 and lam == pytest.approx(1.0)
-    torch.testing.assert_close(chol @ chol.T, system + lam * torch.eye(2, dtype=torch.float64))
+    real_fit = torch_backend.krr_fit
+
+    def fit_with_indefinite_system(f_s, y_s, **options):
+        chol, lam, status = torch_backend.factor_with_escalation(
+            system, torch.tensor(0.1, dtype=torch.float64)
+        )
+        coef = real_fit(f_s, y_s, **options)[0]
+        return coef, chol, lam, status
+
+    torch_backend.krr_fit = fit_with_indefinite_system
+    try:
+        with pytest.warns(RuntimeWarning, match=r"retrying with lam=1\.000e\+00") as record:
+            isa_krr_loss(*problem.tensors, backend="torch", epsilon=0.0, discard=0.0)
+    finally:
+        torch_backend.krr_fit = real_fit
+    assert len(record) == 1

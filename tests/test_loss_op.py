@@ -29,6 +29,7 @@ def forward_args(problem, *, partner_mode="nearest", solver="auto", backend="tor
         0.5,
         True,
         backend,
+        False,  # check_gradients: eager-only (reads values), so off for opcheck's tracing
     )
 
 
@@ -50,7 +51,7 @@ def test_opcheck_isa_krr(backend, partner_mode, solver):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_opcheck_krr_predict(backend):
     problem = random_problem(6, 4, 5, 2, seed=1).requiring_grad()
-    args = (*problem.tensors[:3], 1e-2, "trace", "auto", True, backend)
+    args = (*problem.tensors[:3], 1e-2, "trace", "auto", True, backend, False)
     torch.library.opcheck(krr_predict_forward, args)
 
 
@@ -126,9 +127,11 @@ def test_public_surface():
         "ISAInfo",
         "ISAKRRLoss",
         "NotPositiveDefiniteError",
+        "Status",
         "__version__",
         "isa_krr_loss",
         "krr_predict",
         "load_distilled",
+        "raise_for_status",
     }
     assert isinstance(isa_distill.__version__, str) and isa_distill.__version__

@@ -5,6 +5,7 @@ Only the core API is imported here; the distillation modules (``isa_distill.data
 ``isa_distill.models``, ...) are imported on demand.
 """
 
+from .checks import Status, raise_for_status
 from .errors import NotPositiveDefiniteError
 from .functional import ISAInfo, isa_krr_loss, krr_predict
 from .modules import ISAKRRLoss
@@ -38,8 +39,10 @@ __all__ = [
     "ISAInfo",
     "ISAKRRLoss",
     "NotPositiveDefiniteError",
+    "Status",
     "__version__",
     "isa_krr_loss",
     "krr_predict",
     "load_distilled",
+    "raise_for_status",
 ]

@@ -26,6 +26,11 @@ def _lam_tensor(lam: float) -> Tensor:
     return torch.tensor(float(lam), dtype=torch.float64)
 
 
+def _ok_status() -> Tensor:
+    """The native kernel raises and warns itself, so nothing is left for a status to report."""
+    return torch.zeros((), dtype=torch.int32)
+
+
 def forward(
     f_s: Tensor,
     y_s: Tensor,
@@ -34,7 +39,7 @@ def forward(
     partner_index: Tensor,
     **options: object,
 ) -> tuple[Tensor, ...]:
-    """(losses, plain, kept, partner, residual, coef, factor, lam)."""
+    """(losses, plain, kept, partner, residual, coef, factor, lam, status)."""
     *arrays, lam = _core.isa_krr_forward(
         _to_numpy(f_s),
         _to_numpy(y_s),
@@ -43,7 +48,7 @@ def forward(
         _to_numpy(partner_index),
         **options,
     )
-    return (*map(_to_torch, arrays), _lam_tensor(lam))
+    return (*map(_to_torch, arrays), _lam_tensor(lam), _ok_status())
 
 
 def backward(
@@ -68,11 +73,11 @@ def backward(
 
 
 def predict_forward(f_s: Tensor, y_s: Tensor, f_q: Tensor, **options: object) -> tuple[Tensor, ...]:
-    """(pred, coef, factor, lam)."""
+    """(pred, coef, factor, lam, status)."""
     *arrays, lam = _core.krr_predict_forward(
         _to_numpy(f_s), _to_numpy(y_s), _to_numpy(f_q), **options
     )
-    return (*map(_to_torch, arrays), _lam_tensor(lam))
+    return (*map(_to_torch, arrays), _lam_tensor(lam), _ok_status())
 
 
 def predict_backward(

@@ -3,8 +3,12 @@
 This module mirrors the Rust kernel function by function so the two can be read side by side:
 the "krr part" follows ``rust/core/src/krr.rs`` (ridge, factor, solves, KRR backward) and the
 "isa part" follows ``rust/core/src/isa.rs`` (plain losses, discard, partners, ISA loss, ISA
-backward). The exact mathematics is in ``shared/spec/isa_krr_loss.md``; the argument and output
-lists in ``docs/design.md``. Inputs arrive validated; nothing here checks arguments.
+backward). The exact mathematics is in ``docs/loss.md``; the argument and output lists in
+``docs/design.md``. Inputs arrive validated; nothing here checks arguments, and nothing here
+reads a tensor's value on the host: every decision that depends on values (the ridge
+escalation, the kept set, the partners) is made on the device, so a CUDA call never waits for
+the GPU and can be captured in a CUDA graph. Problems are reported in the ``status`` output
+(``isa_distill.checks``).
 
 Dtype policy: the large matrix products run in the input dtype; the ridge system, its Cholesky
 factor and the triangular solves run in float64 when ``solve_f64`` is set.
@@ -13,12 +17,11 @@ factor and the triangular solves run in float64 when ``solve_f64`` is set.
 from __future__ import annotations
 
 import math
-import warnings
 
 import torch
 from torch import Tensor
 
-from .errors import NotPositiveDefiniteError
+from . import checks
 
 RIDGE_RETRIES = 3
 """How many times the ridge is multiplied by 10 before giving up on the factorization."""
@@ -42,29 +45,38 @@ def kept_count(n: int, discard: float) -> int:
     return n - math.floor(discard * n)
 
 
-def ridge(gram_trace: float, m: int, reg: float, reg_mode: str) -> float:
-    """lam = reg * trace(K) / M in trace mode, lam = reg in absolute mode."""
-    return reg * gram_trace / m if reg_mode == "trace" else reg
+def ridge(gram_trace: Tensor, m: int, reg: float, reg_mode: str) -> Tensor:
+    """lam = reg * trace(K) / M in trace mode, lam = reg in absolute mode (0-d, trace's dtype)."""
+    if reg_mode == "trace":
+        return gram_trace * (reg / m)
+    return torch.full((), reg, dtype=gram_trace.dtype, device=gram_trace.device)
 
 
-def factor_with_escalation(system: Tensor, lam: float) -> tuple[Tensor, float]:
-    """Lower Cholesky factor of ``system + lam I``; on failure retry with lam * 10^k, k = 1..3."""
-    eye = torch.eye(system.shape[0], dtype=system.dtype, device=system.device)
-    for attempt in range(RIDGE_RETRIES + 1):
-        if attempt > 0:
-            lam *= 10.0
-            warnings.warn(
-                f"Cholesky factorization failed; retrying with lam={lam:.3e}",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-        chol, info = torch.linalg.cholesky_ex(system + lam * eye)
-        if int(info) == 0:
-            return chol.contiguous(), lam  # LAPACK hands back a column-major factor
-    raise NotPositiveDefiniteError(
-        f"the ridge system is not positive definite even with lam={lam:.3e} "
-        f"(escalated {RIDGE_RETRIES} times by 10); increase reg"
+def factor_with_escalation(system: Tensor, lam: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Lower Cholesky factor of ``system + lam' I`` for the first lam' of lam * 10^k, k = 0..3,
+    that is positive definite. Returns (factor, lam', status).
+
+    The four candidates are factored in one batched call and the first success is picked on
+    the device, so choosing needs no host synchronisation (docs/loss.md, "Checks"); the price
+    is four factorizations of an s x s system instead of one. The status holds the escalation
+    count and NOT_POSITIVE_DEFINITE when even lam * 1000 fails (the factor is then garbage).
+    """
+    size = system.shape[0]
+    scales = torch.logspace(0, RIDGE_RETRIES, RIDGE_RETRIES + 1, dtype=system.dtype,
+                            device=system.device)
+    candidates = lam * scales
+    eye = torch.eye(size, dtype=system.dtype, device=system.device)
+    factors, info = torch.linalg.cholesky_ex(system + candidates[:, None, None] * eye)
+    ok = info == 0
+    # argmax of a bool vector is its first True; with none, the last candidate is reported.
+    escalations = torch.where(ok.any(), ok.to(torch.uint8).argmax(), RIDGE_RETRIES)
+    index = escalations.reshape(1)
+    status = checks.escalation_status(escalations) | checks.flag(
+        ~ok.any(), checks.Status.NOT_POSITIVE_DEFINITE
     )
+    # LAPACK hands back column-major factors; the backward wants a row-major one.
+    factor = factors.index_select(0, index)[0].contiguous()
+    return factor, candidates.index_select(0, index)[0], status
 
 
 def solve_with_factor(rhs: Tensor, chol: Tensor) -> Tensor:
@@ -74,8 +86,8 @@ def solve_with_factor(rhs: Tensor, chol: Tensor) -> Tensor:
 
 def krr_fit(
     f_s: Tensor, y_s: Tensor, *, reg: float, reg_mode: str, solver: str, solve_f64: bool
-) -> tuple[Tensor, Tensor, float]:
-    """Solve the ridge system; returns (coef, factor, lam).
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Solve the ridge system; returns (coef, factor, lam, status), lam a 0-d float64.
 
     dual:   W    = (K + lam I_M)^-1 Y_S,              K = F_S F_S^T
     primal: beta = (H + lam I_d)^-1 F_S^T Y_S,        H = F_S^T F_S
@@ -85,10 +97,10 @@ def krr_fit(
     primal = uses_primal(solver, m, d)
     solve_dtype = torch.float64 if solve_f64 else f_s.dtype
     system = (f_s.T @ f_s if primal else f_s @ f_s.T).to(solve_dtype)
-    lam = ridge(float(system.diagonal().sum()), m, reg, reg_mode)
-    chol, lam = factor_with_escalation(system, lam)
+    lam = ridge(system.diagonal().sum(), m, reg, reg_mode)
+    chol, lam, status = factor_with_escalation(system, lam)
     rhs = f_s.T @ y_s if primal else y_s
-    return solve_with_factor(rhs, chol), chol, lam
+    return solve_with_factor(rhs, chol), chol, lam.to(torch.float64), status
 
 
 def krr_apply(f_s: Tensor, coef: Tensor, f_q: Tensor, *, primal: bool) -> Tensor:
@@ -196,7 +208,7 @@ def isa_losses(residual: Tensor, kept: Tensor, partner: Tensor, epsilon: float) 
     a = residual[kept]
     b = residual[partner] - a
     return 0.5 * (
-        a.square().sum(1) + epsilon * (a * b).sum(1) + (epsilon**2 / 3.0) * b.square().sum(1)
+        a.square().sum(1) + epsilon * (a * b).sum(1) + (epsilon * epsilon / 3.0) * b.square().sum(1)
     )
 
 
@@ -210,8 +222,8 @@ def isa_backward(
     a = residual[kept]
     b = residual[partner] - a
     weight = grad_losses[kept].unsqueeze(1)
-    to_self = a + (epsilon / 2.0) * (b - a) - (epsilon**2 / 3.0) * b
-    to_partner = (epsilon / 2.0) * a + (epsilon**2 / 3.0) * b
+    to_self = a + (epsilon / 2.0) * (b - a) - (epsilon * epsilon / 3.0) * b
+    to_partner = (epsilon / 2.0) * a + (epsilon * epsilon / 3.0) * b
     grad = torch.zeros_like(residual)
     grad.index_add_(0, kept, weight * to_self)
     grad.index_add_(0, partner, weight * to_partner)
@@ -238,9 +250,9 @@ def forward(
     epsilon: float,
     solve_f64: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """(losses, plain, kept, partner, residual, coef, factor, lam) as in docs/design.md."""
+    """(losses, plain, kept, partner, residual, coef, factor, lam, status) as in docs/design.md."""
     m, d = f_s.shape
-    coef, chol, lam = krr_fit(
+    coef, chol, lam, status = krr_fit(
         f_s, y_s, reg=reg, reg_mode=reg_mode, solver=solver, solve_f64=solve_f64
     )
     residual = krr_apply(f_s, coef, f_t, primal=uses_primal(solver, m, d)) - y_t
@@ -249,8 +261,7 @@ def forward(
     partner = select_partners(f_t, kept, partner_index, partner_mode)
     losses = torch.zeros_like(plain)
     losses[kept] = isa_losses(residual, kept, partner, epsilon)
-    lam_tensor = torch.tensor(lam, dtype=torch.float64, device=f_s.device)
-    return losses, plain, kept, partner, residual, coef, chol, lam_tensor
+    return losses, plain, kept, partner, residual, coef, chol, lam, status
 
 
 def backward(
@@ -288,13 +299,13 @@ def predict_forward(
     solver: str,
     solve_f64: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """(pred, coef, factor, lam) for arbitrary query features."""
+    """(pred, coef, factor, lam, status) for arbitrary query features."""
     m, d = f_s.shape
-    coef, chol, lam = krr_fit(
+    coef, chol, lam, status = krr_fit(
         f_s, y_s, reg=reg, reg_mode=reg_mode, solver=solver, solve_f64=solve_f64
     )
     pred = krr_apply(f_s, coef, f_q, primal=uses_primal(solver, m, d))
-    return pred, coef, chol, torch.tensor(lam, dtype=torch.float64, device=f_s.device)
+    return pred, coef, chol, lam, status
 
 
 def predict_backward(

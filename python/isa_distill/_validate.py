@@ -1,7 +1,9 @@
 """Argument checks for the public functions, run before any work.
 
-Every error of the contract's table (``shared/spec/isa_krr_loss.md``, "Errors") is raised here,
-with a message that names the argument and says what was expected.
+Every error of the contract's table (``docs/loss.md``, "Errors") is raised here, with a message
+that names the argument and says what was expected. The checks that read tensor values
+(finiteness, explicit partner range) are separate: in deferred mode ``isa_distill.checks``
+records them on the device instead (see there).
 """
 
 from __future__ import annotations
@@ -14,13 +16,22 @@ import torch
 from torch import Tensor
 
 from ._torch_backend import kept_count
+from .checks import MODES as CHECK_MODES
 
 REG_MODES = ("trace", "absolute")
 SOLVERS = ("auto", "dual", "primal")
 REDUCTIONS = ("mean", "sum", "none")
 BACKENDS = ("auto", "rust", "torch")
 PARTNER_MODES = ("nearest", "random")
+CLASS_REDUCTIONS = ("half_sum", "mean")
 SOLVE_DTYPES = (torch.float64, torch.float32)
+# float16/bfloat16 are computed in float32; float8 and other exotic floats have no kernels.
+FLOAT_DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
+VMAP_UNSUPPORTED = (
+    "isa_krr_loss and krr_predict do not support torch.vmap: the kept set and the partners "
+    "couple every target of a batch, so problems cannot be batched along a new dimension; call "
+    "them once per problem (e.g. in a Python loop) instead"
+)
 
 
 def check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
@@ -33,7 +44,9 @@ def check_real(name: str, value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a real number; got {type(value).__name__}")
     value = float(value)
-    if not math.isfinite(value):
+    # A comparison rather than math.isfinite: under torch.compile a float option whose value
+    # changed between calls becomes symbolic, and a comparison is what Dynamo can guard on.
+    if not -math.inf < value < math.inf:
         raise ValueError(f"{name} must be finite; got {value!r}")
     return value
 
@@ -43,8 +56,15 @@ def check_float_tensors(tensors: Mapping[str, object]) -> torch.dtype:
     for name, tensor in tensors.items():
         if not isinstance(tensor, Tensor):
             raise TypeError(f"{name} must be a torch.Tensor; got {type(tensor).__name__}")
+        if torch._C._functorch.is_batchedtensor(tensor):
+            raise NotImplementedError(VMAP_UNSUPPORTED)
         if not tensor.is_floating_point():
             raise TypeError(f"{name} must have a floating dtype; got {tensor.dtype}")
+        if tensor.dtype not in FLOAT_DTYPES:
+            raise TypeError(
+                f"{name} has dtype {tensor.dtype}; supported are float64, float32, float16 and "
+                "bfloat16 (the last two are computed in float32)"
+            )
     named = list(tensors.items())
     first_name, first = named[0]
     for name, tensor in named[1:]:
@@ -65,7 +85,7 @@ def check_float_tensors(tensors: Mapping[str, object]) -> torch.dtype:
 
 
 def check_finite(tensors: Mapping[str, Tensor]) -> None:
-    """Run last: it reads every element (and synchronises a GPU).
+    """Eager checks only: it reads every element (and synchronises a GPU).
 
     A NaN or Inf anywhere makes the sum non-finite, so one allocation-free reduction clears the
     common case; the exact element-wise scan runs only when the sum is not finite (which also
@@ -138,8 +158,6 @@ def check_partner(
             )
         if partner.device != device:
             raise ValueError(f"partner is on {partner.device} but the features are on {device}")
-        if bool(((partner < 0) | (partner >= n)).any()):
-            raise ValueError(f"partner indices must lie in [0, N) = [0, {n})")
         return
     check_choice("partner", partner, PARTNER_MODES)
     if epsilon != 0 and n_keep < 2:
@@ -147,6 +165,17 @@ def check_partner(
             f"partner={partner!r} with epsilon != 0 needs at least 2 kept targets; "
             f"got n_keep = {n_keep} (N = {n}); lower discard or pass a larger batch"
         )
+
+
+def partner_out_of_range(partner: Tensor, n: int) -> Tensor:
+    """0-d bool tensor: does an explicit partner index leave [0, N)?"""
+    return ((partner < 0) | (partner >= n)).any()
+
+
+def check_partner_range(partner: Tensor, n: int) -> None:
+    """Eager checks only (reads the indices)."""
+    if bool(partner_out_of_range(partner, n)):
+        raise ValueError(f"partner indices must lie in [0, N) = [0, {n})")
 
 
 def check_generator(generator: object) -> None:
@@ -169,11 +198,14 @@ def check_loss_args(
     reg_mode: object,
     solver: object,
     reduction: object,
+    class_reduction: object,
     backend: object,
     solve_dtype: object,
     generator: object,
+    checks: object,
 ) -> tuple[float, float, float, int]:
-    """All checks of isa_krr_loss. Returns (epsilon, discard, reg, n_keep) as Python floats/int."""
+    """The argument checks of isa_krr_loss (not the value checks: ``check_finite`` and
+    ``check_partner_range``). Returns (epsilon, discard, reg, n_keep) as Python floats/int."""
     tensors = {
         "support_features": support_features,
         "support_labels": support_labels,
@@ -193,11 +225,12 @@ def check_loss_args(
         raise ValueError(f"discard must lie in [0, 1); got {discard!r}")
     reg = check_ridge_options(reg, reg_mode, solver)
     check_choice("reduction", reduction, REDUCTIONS)
+    check_choice("class_reduction", class_reduction, CLASS_REDUCTIONS)
+    check_choice("checks", checks, CHECK_MODES)
     check_backend(backend, solve_dtype, support_features.device)
     check_generator(generator)
     n_keep = kept_count(n, discard)
     check_partner(partner, n=n, n_keep=n_keep, epsilon=epsilon, device=target_features.device)
-    check_finite(tensors)
     return epsilon, discard, reg, n_keep
 
 
@@ -211,8 +244,9 @@ def check_predict_args(
     solver: object,
     backend: object,
     solve_dtype: object,
+    checks: object,
 ) -> float:
-    """All checks of krr_predict. Returns reg as a Python float."""
+    """The argument checks of krr_predict (not ``check_finite``). Returns reg as a float."""
     tensors = {
         "support_features": support_features,
         "support_labels": support_labels,
@@ -222,6 +256,6 @@ def check_predict_args(
     _, d, _ = check_support(support_features, support_labels)
     check_query("query_features", query_features, d)
     reg = check_ridge_options(reg, reg_mode, solver)
+    check_choice("checks", checks, CHECK_MODES)
     check_backend(backend, solve_dtype, support_features.device)
-    check_finite(tensors)
     return reg

@@ -19,8 +19,12 @@ from torch import Tensor
 
 from . import _torch_backend
 from ._torch_backend import kept_count, uses_primal
+from ._validate import VMAP_UNSUPPORTED
 
-_FORWARD_OUTPUTS = tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]
+_FORWARD_OUTPUTS = tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]
+_PREDICT_OUTPUTS = tuple[Tensor, Tensor, Tensor, Tensor, Tensor]
+LOSS_ARGUMENTS = ("support_features", "support_labels", "target_features", "target_labels")
+PREDICT_ARGUMENTS = ("support_features", "support_labels", "query_features")
 
 
 def backend_module(backend: str) -> ModuleType:
@@ -51,8 +55,11 @@ def isa_krr_forward(
     epsilon: float,
     solve_f64: bool,
     backend: str,
+    check_gradients: bool,
 ) -> _FORWARD_OUTPUTS:
-    """(losses, plain, kept, partner, residual, coef, factor, lam); lam is a 0-d float64."""
+    """(losses, plain, kept, partner, residual, coef, factor, lam, status); lam is a 0-d float64,
+    status a 0-d int32 (``isa_distill.checks.Status``). ``check_gradients`` only tells the
+    backward to raise on non-finite gradients (eager checks)."""
     return tuple(
         backend_module(backend).forward(
             support_features,
@@ -86,6 +93,7 @@ def _isa_krr_forward_fake(
     epsilon: float,
     solve_f64: bool,
     backend: str,
+    check_gradients: bool,
 ) -> _FORWARD_OUTPUTS:
     m, d = support_features.shape
     n, c = target_labels.shape
@@ -102,6 +110,7 @@ def _isa_krr_forward_fake(
         values(s, c),
         values(s, s, dtype=factor_dtype),
         values((), dtype=torch.float64),
+        values((), dtype=torch.int32),
     )
 
 
@@ -161,7 +170,7 @@ def _isa_krr_backward_fake(
 def _isa_krr_setup_context(ctx, inputs, output) -> None:
     support_features, support_labels, target_features, target_labels = inputs[:4]
     reg_mode, solver, epsilon, backend = inputs[7], inputs[8], inputs[10], inputs[12]
-    _, _, kept, partner, residual, coef, factor, lam = output
+    _, _, kept, partner, residual, coef, factor, lam, _ = output
     ctx.save_for_backward(
         support_features,
         support_labels,
@@ -174,11 +183,26 @@ def _isa_krr_setup_context(ctx, inputs, output) -> None:
         factor,
         lam,
     )
-    ctx.options = {"reg_mode": reg_mode, "solver": solver, "epsilon": epsilon, "backend": backend}
+    ctx.options = {"reg_mode": reg_mode, "solver": solver, "epsilon": epsilon, "backend": backend,
+                   "check_gradients": inputs[13]}
+
+
+def _check_gradients(grads: tuple[Tensor | None, ...], names: tuple[str, ...], where: str) -> None:
+    """Eager checks: raise if a finite loss produced a NaN or Inf gradient (one host sync)."""
+    named = [(name, g) for name, g in zip(names, grads) if g is not None]
+    if not named:
+        return
+    bad = torch.stack([~torch.isfinite(g).all() for _, g in named])
+    if bool(bad.any()):
+        name = named[int(bad.to(torch.uint8).argmax())][0]
+        raise FloatingPointError(
+            f"{where}: the gradient of {name} is NaN or Inf although every input is finite: "
+            "the backward overflowed; rescale the features or labels (e.g. normalise them)"
+        )
 
 
 def _isa_krr_backward_rule(ctx, grad_losses, *ignored_grads):
-    n_inputs = 13
+    n_inputs = 14
     if not any(ctx.needs_input_grad[:4]):
         return (None,) * n_inputs
     f_s, y_s, f_t, y_t, kept, partner, residual, coef, factor, lam = ctx.saved_tensors
@@ -202,6 +226,8 @@ def _isa_krr_backward_rule(ctx, grad_losses, *ignored_grads):
         ctx.options["backend"],
     )
     wanted = tuple(g if need else None for g, need in zip(grads, ctx.needs_input_grad[:4]))
+    if ctx.options["check_gradients"]:
+        _check_gradients(wanted, LOSS_ARGUMENTS, "isa_krr_loss")
     return wanted + (None,) * (n_inputs - 4)
 
 
@@ -223,8 +249,9 @@ def krr_predict_forward(
     solver: str,
     solve_f64: bool,
     backend: str,
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """(pred, coef, factor, lam); lam is a 0-d float64."""
+    check_gradients: bool,
+) -> _PREDICT_OUTPUTS:
+    """(pred, coef, factor, lam, status); lam is a 0-d float64, status a 0-d int32."""
     return tuple(
         backend_module(backend).predict_forward(
             support_features,
@@ -248,7 +275,8 @@ def _krr_predict_forward_fake(
     solver: str,
     solve_f64: bool,
     backend: str,
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    check_gradients: bool,
+) -> _PREDICT_OUTPUTS:
     m, d = support_features.shape
     n = query_features.shape[0]
     c = support_labels.shape[1]
@@ -260,6 +288,7 @@ def _krr_predict_forward_fake(
         values(s, c),
         values(s, s, dtype=factor_dtype),
         values((), dtype=torch.float64),
+        values((), dtype=torch.int32),
     )
 
 
@@ -302,13 +331,14 @@ def _krr_predict_backward_fake(
 def _krr_predict_setup_context(ctx, inputs, output) -> None:
     support_features, support_labels, query_features = inputs[:3]
     reg_mode, solver, backend = inputs[4], inputs[5], inputs[7]
-    _, coef, factor, lam = output
+    _, coef, factor, lam, _ = output
     ctx.save_for_backward(support_features, support_labels, query_features, coef, factor, lam)
-    ctx.options = {"reg_mode": reg_mode, "solver": solver, "backend": backend}
+    ctx.options = {"reg_mode": reg_mode, "solver": solver, "backend": backend,
+                   "check_gradients": inputs[8]}
 
 
 def _krr_predict_backward_rule(ctx, grad_pred, *ignored_grads):
-    n_inputs = 8
+    n_inputs = 9
     if not any(ctx.needs_input_grad[:3]) or grad_pred is None:
         return (None,) * n_inputs
     f_s, y_s, f_q, coef, factor, lam = ctx.saved_tensors
@@ -325,9 +355,24 @@ def _krr_predict_backward_rule(ctx, grad_pred, *ignored_grads):
         ctx.options["backend"],
     )
     wanted = tuple(g if need else None for g, need in zip(grads, ctx.needs_input_grad[:3]))
+    if ctx.options["check_gradients"]:
+        _check_gradients(wanted, PREDICT_ARGUMENTS, "krr_predict")
     return wanted + (None,) * (n_inputs - 3)
 
 
 krr_predict_forward.register_autograd(
     _krr_predict_backward_rule, setup_context=_krr_predict_setup_context
 )
+
+
+# --------------------------------------------------------------------------------------------
+# vmap: refused with a reason (the public functions refuse batched tensors before this)
+# --------------------------------------------------------------------------------------------
+
+
+def _refuse_vmap(info, in_dims, *args):
+    raise NotImplementedError(VMAP_UNSUPPORTED)
+
+
+isa_krr_forward.register_vmap(_refuse_vmap)
+krr_predict_forward.register_vmap(_refuse_vmap)

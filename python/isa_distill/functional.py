@@ -1,8 +1,9 @@
 """The public core functions: ``isa_krr_loss`` and ``krr_predict``.
 
 This layer validates every argument, applies the dtype policy (float16/bfloat16 are computed in
-float32 and cast back), resolves ``backend="auto"``, draws the random partners and reduces the
-per-target losses. The work itself is the ``isa_distill::*`` custom ops of ``autograd``.
+float32 and cast back), resolves ``backend="auto"``, draws the random partners, runs the value
+checks eagerly or deferred (``isa_distill.checks``) and reduces the per-target losses. The work
+itself is the ``isa_distill::*`` custom ops of ``autograd``.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ import torch
 from torch import Tensor
 
 from . import _validate
-from .autograd import isa_krr_forward, krr_predict_forward
+from . import checks as _checks
+from .autograd import LOSS_ARGUMENTS, PREDICT_ARGUMENTS, isa_krr_forward, krr_predict_forward
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 _EMPTY_INDEX = torch.empty(0, dtype=torch.int64)
@@ -28,11 +30,15 @@ class ISAInfo:
         kept: (n_keep,) int64, ascending indices of the kept (hardest) targets.
         partner: (n_keep,) int64, partner j(i) of ``kept[r]``, an index into the full batch.
         plain: (N,) plain losses l_i = 1/2 ||P_i - Y_T,i||^2 (detached), the hardness ranking.
+        status: 0-d int32 on the tensors' device, bits of :class:`isa_distill.checks.Status`.
+            With ``checks="deferred"`` it holds what the checks found (pass it to
+            :func:`isa_distill.checks.raise_for_status`); after eager checks it is 0.
     """
 
     kept: Tensor
     partner: Tensor
     plain: Tensor
+    status: Tensor
 
 
 def native_available() -> bool:
@@ -99,10 +105,12 @@ def isa_krr_loss(
     reg_mode: str = "trace",
     solver: str = "auto",
     reduction: str = "mean",
+    class_reduction: str = "half_sum",
     backend: str = "auto",
     solve_dtype: torch.dtype = torch.float64,
     generator: torch.Generator | None = None,
     return_info: bool = False,
+    checks: str = "auto",
 ) -> Tensor | tuple[Tensor, ISAInfo]:
     r"""Kernel ridge regression meta-loss with Infinite Semantic Augmentation (ISA).
 
@@ -123,7 +131,11 @@ def isa_krr_loss(
 
        the mean loss over the segment of virtual samples from (z_i, y_i) toward (z_j, y_j).
        eps < 0 extrapolates away from the partner; eps = 0 (with discard = 0) is FRePo's loss.
-    6. ``reduction``: "mean" over kept targets, "sum", or "none" (an (N,) tensor with 0 for
+    6. ``class_reduction="mean"`` scales every L_i by 2 / C: the mean over classes of
+       ||A_i||^2 + eps <A_i, B_i> + eps^2/3 ||B_i||^2, which is what the paper's public code
+       computes (with eps < 0: it integrates away from the partner). The default "half_sum"
+       is the paper's Eq. 5.
+    7. ``reduction``: "mean" over kept targets, "sum", or "none" (an (N,) tensor with 0 for
        discarded targets).
 
     Gradients are exact for all four tensors (including the path through lam in trace mode);
@@ -135,14 +147,19 @@ def isa_krr_loss(
         backend: "rust" (CPU), "torch" (any device) or "auto" (rust on CPU when built).
         solve_dtype: dtype of the factorization and triangular solves; torch.float32 solves in
             the compute dtype instead of float64 (inputs are never downcast).
-        return_info: also return an :class:`ISAInfo` with the kept set, partners and plain
-            losses.
+        return_info: also return an :class:`ISAInfo` with the kept set, partners, plain
+            losses and the status of the value checks.
+        checks: "eager" raises before returning (the default outside ``torch.compile``);
+            "deferred" never synchronises with the GPU and records problems in
+            ``ISAInfo.status`` (see :mod:`isa_distill.checks`); "auto" picks "deferred" while
+            ``torch.compile`` traces the call.
 
     Raises:
         ValueError: inconsistent shapes, empty inputs, options out of range, non-finite inputs,
             tensors on different devices.
-        TypeError: non-floating or mixed dtypes.
+        TypeError: non-floating, unsupported (float8) or mixed dtypes.
         NotPositiveDefiniteError: the ridge system stayed indefinite after raising lam 1000x.
+        FloatingPointError: finite inputs gave a non-finite loss or gradient (overflow).
 
     Float16 and bfloat16 inputs are computed in float32 and the result cast back. If the
     factorization fails, lam is multiplied by 10 (up to three times) with a RuntimeWarning.
@@ -159,15 +176,34 @@ def isa_krr_loss(
         reg_mode=reg_mode,
         solver=solver,
         reduction=reduction,
+        class_reduction=class_reduction,
         backend=backend,
         solve_dtype=solve_dtype,
         generator=generator,
+        checks=checks,
     )
+    tensors = dict(zip(LOSS_ARGUMENTS, (support_features, support_labels, target_features,
+                                        target_labels)))
+    n = target_features.shape[0]
+    mode = _checks.resolve_mode(checks)
+    if mode == "eager":
+        _validate.check_finite(tensors)
+        if isinstance(partner, Tensor):
+            _validate.check_partner_range(partner, n)
+        input_status = None
+    else:
+        input_status = _checks.nonfinite_status(tensors)
+        if isinstance(partner, Tensor):
+            out_of_range = _validate.partner_out_of_range(partner, n)
+            input_status = input_status | _checks.flag(
+                out_of_range, _checks.Status.PARTNER_OUT_OF_RANGE
+            )
+            partner = partner.clamp(0, n - 1)  # garbage in, but never an index outside the batch
     device = support_features.device
     backend = resolve_backend(backend, device)
     partner_mode, partner_index = _partner_arguments(
         partner,
-        target_features.shape[0],
+        n,
         n_keep,
         needed=epsilon != 0 or return_info,
         generator=generator,
@@ -175,7 +211,7 @@ def isa_krr_loss(
     )
     input_dtype = support_features.dtype
     work_dtype = compute_dtype(input_dtype)
-    losses, plain, kept, partners, *_ = isa_krr_forward(
+    losses, plain, kept, partners, _, _, _, lam, status = isa_krr_forward(
         support_features.to(work_dtype),
         support_labels.to(work_dtype),
         target_features.to(work_dtype),
@@ -189,17 +225,48 @@ def isa_krr_loss(
         epsilon,
         solve_dtype == torch.float64,
         backend,
+        mode == "eager",
     )
+    if class_reduction == "mean":
+        losses = losses * (2.0 / support_labels.shape[1])
     if reduction == "mean":
         loss = losses.sum() / n_keep
     elif reduction == "sum":
         loss = losses.sum()
     else:
         loss = losses
+    status = _finish_checks(status, input_status, loss, mode, lam, LOSS_ARGUMENTS,
+                            "isa_krr_loss", report=not return_info)
     loss = loss.to(input_dtype)
     if not return_info:
         return loss
-    return loss, ISAInfo(kept=kept, partner=partners, plain=plain.detach().to(input_dtype))
+    info = ISAInfo(kept=kept, partner=partners, plain=plain.detach().to(input_dtype),
+                   status=status)
+    return loss, info
+
+
+def _finish_checks(
+    status: Tensor,
+    input_status: Tensor | None,
+    result: Tensor,
+    mode: str,
+    lam: Tensor,
+    names: tuple[str, ...],
+    where: str,
+    *,
+    report: bool,
+) -> Tensor:
+    """Add the result's finiteness to the op's status; eager: raise/warn now (one host sync)
+    and return 0; deferred: return the status, or assert on the device when nobody reads it."""
+    status = status.to(result.device) | _checks.result_status(result.detach())
+    if input_status is not None:
+        status = status | input_status
+    if mode == "eager":
+        _checks.raise_for_status(status, names=names, lam=lam.detach(), where=where)
+        return torch.zeros_like(status)
+    if report:
+        _checks.assert_no_error(status, where)
+    return status
 
 
 def krr_predict(
@@ -212,12 +279,14 @@ def krr_predict(
     solver: str = "auto",
     backend: str = "auto",
     solve_dtype: torch.dtype = torch.float64,
+    checks: str = "auto",
 ) -> Tensor:
     """Kernel ridge regression predictions P = F_Q F_S^T (K + lam I)^-1 Y_S, shape (N, C).
 
     K = F_S F_S^T and lam follow the same rule as :func:`isa_krr_loss`; ``solver="primal"``
     computes the same P as F_Q (F_S^T F_S + lam I)^-1 F_S^T Y_S. Differentiable with respect to
-    all three tensors. Validation, dtype policy and backends are those of :func:`isa_krr_loss`.
+    all three tensors. Validation, dtype policy, backends and ``checks`` are those of
+    :func:`isa_krr_loss`; a deferred check that fails trips a device-side assertion.
     """
     reg = _validate.check_predict_args(
         support_features,
@@ -228,11 +297,19 @@ def krr_predict(
         solver=solver,
         backend=backend,
         solve_dtype=solve_dtype,
+        checks=checks,
     )
+    tensors = dict(zip(PREDICT_ARGUMENTS, (support_features, support_labels, query_features)))
+    mode = _checks.resolve_mode(checks)
+    if mode == "eager":
+        _validate.check_finite(tensors)
+        input_status = None
+    else:
+        input_status = _checks.nonfinite_status(tensors)
     backend = resolve_backend(backend, support_features.device)
     input_dtype = support_features.dtype
     work_dtype = compute_dtype(input_dtype)
-    pred, *_ = krr_predict_forward(
+    pred, _, _, lam, status = krr_predict_forward(
         support_features.to(work_dtype),
         support_labels.to(work_dtype),
         query_features.to(work_dtype),
@@ -241,5 +318,8 @@ def krr_predict(
         solver,
         solve_dtype == torch.float64,
         backend,
+        mode == "eager",
     )
+    _finish_checks(status, input_status, pred, mode, lam, PREDICT_ARGUMENTS, "krr_predict",
+                   report=True)
     return pred.to(input_dtype)

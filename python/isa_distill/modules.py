@@ -24,8 +24,10 @@ class ISAKRRLoss(nn.Module):
         reg_mode: str = "trace",
         solver: str = "auto",
         reduction: str = "mean",
+        class_reduction: str = "half_sum",
         backend: str = "auto",
         solve_dtype: torch.dtype = torch.float64,
+        checks: str = "auto",
     ) -> None:
         super().__init__()
         self.epsilon = epsilon
@@ -35,8 +37,10 @@ class ISAKRRLoss(nn.Module):
         self.reg_mode = reg_mode
         self.solver = solver
         self.reduction = reduction
+        self.class_reduction = class_reduction
         self.backend = backend
         self.solve_dtype = solve_dtype
+        self.checks = checks
 
     def forward(
         self,
@@ -61,15 +65,18 @@ class ISAKRRLoss(nn.Module):
             reg_mode=self.reg_mode,
             solver=self.solver,
             reduction=self.reduction,
+            class_reduction=self.class_reduction,
             backend=self.backend,
             solve_dtype=self.solve_dtype,
             generator=generator,
             return_info=return_info,
+            checks=self.checks,
         )
 
     def extra_repr(self) -> str:
         return (
             f"epsilon={self.epsilon}, discard={self.discard}, partner={self.partner!r}, "
             f"reg={self.reg}, reg_mode={self.reg_mode!r}, solver={self.solver!r}, "
-            f"reduction={self.reduction!r}, backend={self.backend!r}"
+            f"reduction={self.reduction!r}, class_reduction={self.class_reduction!r}, "
+            f"backend={self.backend!r}, checks={self.checks!r}"
         )

@@ -1,4 +1,4 @@
-"""A slow oracle written straight from the contract (``shared/spec/isa_krr_loss.md``).
+"""A slow oracle written straight from the contract (``docs/loss.md``).
 
 For tests only. It shares no code with the backends: a general linear solve instead of a
 Cholesky factor, explicit loops for the ranking and the partner search, and plain autograd for
@@ -89,6 +89,7 @@ def reference_isa_krr_loss(
     reg: float = 1e-6,
     reg_mode: str = "trace",
     reduction: str = "mean",
+    class_reduction: str = "half_sum",
     generator: torch.Generator | None = None,
     dtype: torch.dtype = torch.float64,
 ) -> tuple[Tensor, dict[str, list]]:
@@ -104,10 +105,15 @@ def reference_isa_krr_loss(
     partners = reference_partners(f_t, kept, partner, generator)
 
     losses = [torch.zeros((), dtype=dtype) for _ in range(n)]
+    num_classes = y_t.shape[1]
     for i, j in zip(kept, partners):
         a = residual[i]
         b = residual[j] - residual[i]
-        losses[i] = 0.5 * (a @ a + epsilon * (a @ b) + epsilon**2 / 3 * (b @ b))
+        per_class_sum = a @ a + epsilon * (a @ b) + epsilon**2 / 3 * (b @ b)
+        if class_reduction == "half_sum":
+            losses[i] = 0.5 * per_class_sum
+        else:  # "mean": over classes, no 1/2
+            losses[i] = per_class_sum / num_classes
     stacked = torch.stack(losses)
     if reduction == "mean":
         loss = stacked.sum() / n_keep
