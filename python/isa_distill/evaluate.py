@@ -20,8 +20,9 @@ Checkpoint (``select``): ``"last"`` (default) scores the weights after the last 
 ``"best-val"`` scores the network on the VALIDATION split every ``select_every`` steps (default:
 a tenth of the budget, as often as the official code logs) and after the last step, and keeps
 the weights with the best validation accuracy (the earliest of equal ones); the test split is
-then scored once, on those weights. The official code reports the last weights; its "best"
-checkpoints are chosen on test accuracy, which this library never does.
+then scored once, on those weights. The official evaluation reports the last weights (its
+distillation keeps the synthetic set with the best TEST accuracy, which this library never
+does); ``"best-val"`` is the honest form of checkpoint selection.
 
 Select nothing on the test split: pass the validation split as ``test`` for any choice of
 hyperparameters, and the real test split only for the final report.
