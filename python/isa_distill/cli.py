@@ -269,7 +269,7 @@ def cmd_show(args: argparse.Namespace) -> int:
           f"{len(distilled.images)} images of {tuple(distilled.images.shape[1:])}")
     print(f"method     {_method_name(config)}, partner={config['partner']}, "
           f"optimizer={config['optimizer']}, flip={meta['flip']}, "
-          f"zca={meta['preprocessing'].get('zca')}")
+          f"zca={_zca_description(meta['preprocessing'])}")
     print(f"network    {config['arch']} width {config['width']} depth {config['depth']} "
           f"norm {config['norm']}, pool {config['pool_size']}")
     print(f"progress   {meta['steps_done']} / {config['steps']} steps, "
@@ -283,6 +283,11 @@ def cmd_show(args: argparse.Namespace) -> int:
         print(f"val acc    {history}")
     print(f"pictures   {', '.join(str(p) for p in pictures)}")
     return 0
+
+
+def _zca_description(preprocessing: dict) -> str:
+    block = preprocessing.get("zca_block")
+    return str(preprocessing.get("zca")) + ("" if block is None else f" ({block}-pixel blocks)")
 
 
 def cmd_info(args: argparse.Namespace) -> int:
