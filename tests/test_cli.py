@@ -92,6 +92,58 @@ def test_distill_show_evaluate_resume_end_to_end(capsys, tmp_path):
     assert main(["distill", "--resume", "--run-dir", str(run_dir), "--no-eval", "--quiet"]) == 0
 
 
+def test_eval_batches_and_select_flags_reach_the_evaluation(capsys, tmp_path, monkeypatch):
+    from isa_distill import evaluate
+
+    calls = []
+    real = evaluate.evaluate_set
+
+    def spy(*args, **options):
+        if "batches" in options:  # the evaluation table, not distillation's validation probe
+            calls.append({k: options[k] for k in ("batches", "select", "select_every")})
+            assert options["select"] != "best-val" or len(options["val"]) > 0
+        return real(*args, **options)
+
+    monkeypatch.setattr(evaluate, "evaluate_set", spy)
+    run_dir = tmp_path / "run"
+    assert main(["distill", "--ipc", "1", "--steps", "2", "--run-dir", str(run_dir), *TINY,
+                 "--eval-batches", "class-sorted", "--select", "best-val",
+                 "--select-every", "1"]) == 0  # fmt: skip
+    assert "class-sorted batches, best-val weights" in capsys.readouterr().out
+    # The distilled set and the random subset (which calls evaluate_set too).
+    assert calls == [{"batches": "class-sorted", "select": "best-val", "select_every": 1}] * 2
+
+    calls.clear()
+    assert main(["evaluate", str(run_dir), "--eval-models", "1", "--eval-steps", "2", "--quiet",
+                 "--no-full-data"]) == 0  # fmt: skip
+    assert "shuffled batches, last weights" in capsys.readouterr().out
+    assert calls == [{"batches": "shuffled", "select": "last", "select_every": None}] * 2
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--eval-batches", "sorted"], "invalid choice: 'sorted'"),
+        (["--select", "best-test"], "invalid choice: 'best-test'"),
+        (["--select", "best-val", "--select-every", "0"], "expected a positive integer"),
+    ],
+)
+def test_bad_evaluation_flags_are_argparse_errors(capsys, tmp_path, flags, message):
+    for command in (["distill", "--run-dir", str(tmp_path / "r")], ["evaluate", str(tmp_path)]):
+        with pytest.raises(SystemExit) as exit_info:
+            main([*command, *flags])
+        assert exit_info.value.code == 2
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
+def test_select_every_without_best_val_is_refused_before_distilling(capsys, tmp_path):
+    run_dir = tmp_path / "r"
+    assert main(["distill", "--run-dir", str(run_dir), *TINY, "--select-every", "5"]) == 2
+    assert "--select-every applies to --select best-val only" in error_line(capsys)
+    assert not run_dir.exists()
+
+
 def test_info_runs(capsys):
     assert main(["info"]) == 0
     out = capsys.readouterr().out

@@ -222,3 +222,15 @@ def test_too_large_ipc_fails_before_creating_the_run(tiny_digits, tmp_path):
 def test_bad_config_names_the_field(field, value):
     with pytest.raises(ValueError, match=field):
         DistillConfig(**{field: value}).validate()
+
+
+def test_flip_rule_follows_the_official_code():
+    from isa_distill.distill import default_flip
+
+    assert default_flip("cifar10", 1) and default_flip("cifar10", 50)
+    assert default_flip("cifar100", 1) and not default_flip("cifar100", 10)
+    # Tiny-ImageNet (200 classes, read as an image folder): flips at IPC 1 only.
+    assert default_flip("image-folder", 1, num_classes=200)
+    assert not default_flip("image-folder", 10, num_classes=200)
+    assert default_flip("image-folder", 10, num_classes=10)
+    assert not any(default_flip(name, 1) for name in ("digits", "mnist", "fashion-mnist"))

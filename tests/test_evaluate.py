@@ -11,13 +11,17 @@ from isa_distill.data.splits import Split
 from isa_distill.evaluate import (
     PROTOCOL_STEPS,
     centred_one_hot,
+    class_sorted_batch,
+    class_sorted_order,
     evaluate_random_subset,
     evaluate_set,
     krr_accuracy,
     lr_factor,
     protocol_steps,
+    selection_interval,
     train_network,
 )
+from isa_distill.models import build_model
 
 # A larger lr than the protocol so that 60 steps suffice on this easy problem.
 TINY = dict(width=8, steps=60, lr=3e-3, warmup=10, num_models=2, flip=False, progress=False)
@@ -122,3 +126,121 @@ def test_krr_predictor_accuracy_beats_chance(digits):
     model = build_model("conv", in_channels=1, num_classes=10, image_size=8, width=8)
     accuracy = krr_accuracy(model, train.images[:200], train.labels[:200], val, num_classes=10)
     assert 0.3 < accuracy <= 1.0
+
+
+# ----------------------------------------------------------------------------- batch order
+
+
+def test_class_sorted_batches_cycle_through_the_set_in_class_order():
+    labels = torch.tensor([2, 0, 1, 0, 2, 1, 0])
+    order = class_sorted_order(centred_one_hot(labels, 3))
+    assert order.tolist() == [1, 3, 6, 2, 5, 0, 4]  # by class, stored order within a class
+    batches = [class_sorted_batch(order, step, 3).tolist() for step in range(4)]
+    assert batches == [[1, 3, 6], [2, 5, 0], [4, 1, 3], [6, 2, 5]]  # wraps around, no shuffle
+    soft = torch.tensor([[0.1, 0.7, 0.2], [0.9, 0.0, 0.1], [0.2, 0.3, 0.4]])
+    assert class_sorted_order(soft).tolist() == [1, 0, 2]  # soft labels: by argmax
+
+
+def recorded_batches(monkeypatch, images, targets, *, batches, data_seed, steps=4):
+    """The input batches train_network feeds its network (no augmentation)."""
+    from isa_distill import evaluate as module
+
+    seen = []
+
+    def recording_model(*args, **kwargs):
+        model = build_model(*args, **kwargs)
+        model.register_forward_pre_hook(lambda _, inputs: seen.append(inputs[0].clone()))
+        return model
+
+    monkeypatch.setattr(module, "build_model", recording_model)
+    train_network(
+        images, targets, arch="conv", norm="none", width=4, depth=1, steps=steps, lr=1e-3,
+        warmup=1, batch_size=4, augment=False, flip=False, init_seed=0, data_seed=data_seed,
+        device=torch.device("cpu"), batches=batches,
+    )  # fmt: skip
+    return seen
+
+
+def test_class_sorted_training_batches_are_the_sorted_set_whatever_the_seed(monkeypatch, digits):
+    train, _ = digits
+    images, labels = train.images[:10], train.labels[:10]
+    targets = centred_one_hot(labels, 10)
+    order = class_sorted_order(targets)
+    expected = [images[class_sorted_batch(order, step, 4)] for step in range(4)]
+    for seed in (0, 1):
+        seen = recorded_batches(monkeypatch, images, targets, batches="class-sorted",
+                                data_seed=seed)  # fmt: skip
+        assert len(seen) == 4 and all(torch.equal(a, b) for a, b in zip(seen, expected))
+    shuffled = [recorded_batches(monkeypatch, images, targets, batches="shuffled", data_seed=s)
+                for s in (0, 1)]  # fmt: skip
+    assert not all(torch.equal(a, b) for a, b in zip(*shuffled))
+
+
+# ----------------------------------------------------------------------------- best-val
+
+
+def test_best_val_keeps_the_weights_of_the_best_validation_score(monkeypatch, digits):
+    from isa_distill import evaluate as module
+
+    train, val = digits
+    scripted = iter([0.2, 0.9, 0.5, 0.9, 0.3])  # best at the 2nd score; the tie comes later
+    scored = []
+
+    def scripted_accuracy(model, split, *, device="cpu"):
+        assert split is val
+        scored.append({k: v.clone() for k, v in model.state_dict().items()})
+        return next(scripted)
+
+    monkeypatch.setattr(module, "test_accuracy", scripted_accuracy)
+    model = train_network(
+        train.images[:50], centred_one_hot(train.labels[:50], 10), arch="conv", norm="none",
+        width=4, depth=2, steps=10, lr=1e-2, warmup=1, batch_size=25, augment=True, flip=False,
+        init_seed=0, data_seed=0, device=torch.device("cpu"), select="best-val", val=val,
+        select_every=2,
+    )  # fmt: skip
+    assert len(scored) == 5  # after steps 2, 4, 6, 8, 10
+    final = model.state_dict()
+    assert all(torch.equal(final[k], scored[1][k]) for k in final)
+    assert not all(torch.equal(final[k], scored[4][k]) for k in final)
+    assert model.training  # the selected network is handed back as trained, in train mode
+
+
+def test_best_val_never_reads_the_test_split(monkeypatch, digits):
+    from isa_distill import evaluate as module
+
+    train, val = digits
+    test = Split(val.images[:40].clone(), val.labels[:40].clone())
+    calls = []
+    real = module.test_accuracy
+
+    def spy(model, split, *, device="cpu"):
+        images, _ = split
+        calls.append({id(test.images): "test", id(val.images): "val"}.get(id(images), "?"))
+        return real(model, split, device=device)
+
+    monkeypatch.setattr(module, "test_accuracy", spy)
+    result = evaluate_set(
+        train.images[:30], train.labels[:30], test=test, val=val, num_classes=10,
+        select="best-val", **dict(TINY, steps=20),
+    )  # fmt: skip
+    # Per network: validation scores every 2 steps, then ONE test score on the kept weights.
+    assert calls == (["val"] * 10 + ["test"]) * 2
+    assert len(result.accuracies) == 2 and all(0 <= a <= 1 for a in result.accuracies)
+
+
+def test_best_val_without_a_validation_split_is_a_clear_error(digits):
+    train, val = digits
+    with pytest.raises(ValueError, match="best-val.*validation split"):
+        evaluate_set(train.images[:10], train.labels[:10], test=val, select="best-val", **TINY)
+    with pytest.raises(ValueError, match="select must be one of"):
+        evaluate_set(train.images[:10], train.labels[:10], test=val, select="best", **TINY)
+    with pytest.raises(ValueError, match="batches must be one of"):
+        evaluate_set(train.images[:10], train.labels[:10], test=val, batches="sorted", **TINY)
+    with pytest.raises(ValueError, match="select_every"):
+        evaluate_set(train.images[:10], train.labels[:10], test=val, val=val, select="best-val",
+                     select_every=0, **TINY)  # fmt: skip
+
+
+def test_selection_interval_is_a_tenth_of_the_budget_by_default():
+    assert selection_interval(1000) == 100 and selection_interval(5) == 1
+    assert selection_interval(1000, 7) == 7

@@ -59,6 +59,21 @@ def test_load_distilled_round_trip(tmp_path, zca):
     assert torch.equal(load_distilled(tmp_path / "run" / DISTILLED).images, images)
 
 
+def test_block_zca_is_stored_and_restored_like_the_full_one(tmp_path):
+    gen = torch.Generator().manual_seed(0)
+    preprocessor = Preprocessor.fit(torch.rand(40, 3, 4, 4, generator=gen), zca=True, zca_block=2)
+    images = torch.randn(4, 3, 4, 4, generator=gen)
+    run = Run.create(tmp_path / "run")
+    run.write_meta(fake_data(), DistillConfig(ipc=2), preprocessor, flip=True, steps_done=0)
+    run.write_distilled(images, torch.randn(4, 2, generator=gen), preprocessor)
+    loaded = load_distilled(tmp_path / "run")
+    assert loaded.meta["preprocessing"]["zca_block"] == 2
+    assert loaded.preprocessor.zca_block == 2
+    real = torch.rand(5, 3, 4, 4, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(loaded.preprocessor.transform(real), preprocessor.transform(real))
+    assert torch.equal(loaded.pixel_images, preprocessor.inverse(images))
+
+
 def test_meta_is_plain_json_with_the_essentials(tmp_path):
     written_run(tmp_path, zca=True)
     meta = json.loads((tmp_path / "run" / META).read_text())

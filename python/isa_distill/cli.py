@@ -2,7 +2,8 @@
 
     isa-distill distill              digits, IPC 10, CPU preset; then a table of test accuracy:
                                      distilled set vs random subset vs full data
-    isa-distill evaluate RUN_DIR     the protocol's 5-network evaluation of a run
+    isa-distill evaluate RUN_DIR     the protocol's 5-network evaluation of a run (options:
+                                     --eval-batches shuffled|class-sorted, --select last|best-val)
     isa-distill show RUN_DIR         re-render images.png / curves.png and print a summary
     isa-distill info                 versions, backends, devices, datasets found
 
@@ -88,11 +89,31 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
 def _add_eval_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--eval-models", type=int, default=5,
                         help="networks trained per set (default: %(default)s)")
     parser.add_argument("--eval-steps", type=int,
                         help="training steps per network (default: the run's, else the protocol's)")
+    parser.add_argument("--eval-batches", choices=("shuffled", "class-sorted"), default="shuffled",
+                        help="batches of the evaluation networks: fresh random subsets, or the "
+                        "set sorted by class cycled in order as the official code does "
+                        "(default: %(default)s)")
+    parser.add_argument("--select", choices=("last", "best-val"), default="last",
+                        help="weights scored on test: after the last step, or those with the best "
+                        "validation accuracy (never test) (default: %(default)s)")
+    parser.add_argument("--select-every", type=_positive_int, metavar="N",
+                        help="with --select best-val: steps between validation scores (default: "
+                        "a tenth of the evaluation steps)")
     parser.add_argument("--full-data", action=argparse.BooleanOptionalAction, default=True,
                         help="also train on the whole train split (default: on)")
 
@@ -116,12 +137,19 @@ def _default_run_dir(dataset: str, ipc: int) -> Path:
     return path
 
 
+def _check_eval_options(args: argparse.Namespace) -> None:
+    """Catch contradictory evaluation flags before any distillation time is spent."""
+    if args.select_every is not None and args.select != "best-val":
+        raise CliError("--select-every applies to --select best-val only")
+
+
 def cmd_distill(args: argparse.Namespace) -> int:
     from .distill import DistillConfig, check_ipc, distill
     from .plots import render_run
     from .presets import preset_config
     from .runs import Run
 
+    _check_eval_options(args)
     if args.resume:
         if args.run_dir is None:
             raise CliError("--resume needs --run-dir (the run to continue)")
@@ -169,6 +197,7 @@ def _check_device(device: str) -> None:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .runs import load_distilled
 
+    _check_eval_options(args)
     _check_device(args.device)
     meta = load_distilled(args.run_dir).meta
     data = _load_data(meta["dataset"], args.data_root, int(meta.get("seed", 0)))
@@ -188,11 +217,17 @@ def _print_evaluation(run_dir: Path, data, args: argparse.Namespace, *, device: 
     prep = distilled.preprocessor
     train = Split(prep.transform(data.train.images), data.train.labels)
     test = Split(prep.transform(data.test.images), data.test.labels)
+    val = None
+    if args.select == "best-val":
+        if len(data.val) == 0:
+            raise CliError(f"--select best-val needs a validation split; {data.name} has none")
+        val = Split(prep.transform(data.val.images), data.val.labels)
     options = dict(
         test=test, arch=config["arch"], norm="none", width=config["width"],
         depth=config["depth"], num_models=args.eval_models, steps=steps,
         flip=allows_flip(data.name), seed=config["seed"], device=device,
-        progress=not args.quiet, num_classes=data.num_classes,
+        progress=not args.quiet, num_classes=data.num_classes, batches=args.eval_batches,
+        select=args.select, val=val, select_every=args.select_every,
     )
     ipc = int(distilled.meta["ipc"])
     label = _method_name(config)
@@ -203,8 +238,10 @@ def _print_evaluation(run_dir: Path, data, args: argparse.Namespace, *, device: 
     if args.full_data:
         rows.append(("full train data", len(train), evaluate_full_data(train, **options)))
     budget = f"{steps} steps" if steps else "protocol step budget"
+    recipe = f"{args.eval_batches} batches, {args.select} weights"
     print(f"\n{data.name}, IPC {ipc}: test accuracy over {args.eval_models} Conv-NN networks "
-          f"(width {config['width']}, depth {config['depth']}, {budget}; {len(test)} test images)")
+          f"(width {config['width']}, depth {config['depth']}, {budget}, {recipe}; "
+          f"{len(test)} test images)")
     width = max(len("training set"), *(len(name) for name, _, _ in rows))
     print(f"  {'training set':<{width}}  {'images':>7}   accuracy (%)")
     for name, size, result in rows:
@@ -232,7 +269,7 @@ def cmd_show(args: argparse.Namespace) -> int:
           f"{len(distilled.images)} images of {tuple(distilled.images.shape[1:])}")
     print(f"method     {_method_name(config)}, partner={config['partner']}, "
           f"optimizer={config['optimizer']}, flip={meta['flip']}, "
-          f"zca={meta['preprocessing'].get('zca')}")
+          f"zca={_zca_description(meta['preprocessing'])}")
     print(f"network    {config['arch']} width {config['width']} depth {config['depth']} "
           f"norm {config['norm']}, pool {config['pool_size']}")
     print(f"progress   {meta['steps_done']} / {config['steps']} steps, "
@@ -246,6 +283,11 @@ def cmd_show(args: argparse.Namespace) -> int:
         print(f"val acc    {history}")
     print(f"pictures   {', '.join(str(p) for p in pictures)}")
     return 0
+
+
+def _zca_description(preprocessing: dict) -> str:
+    block = preprocessing.get("zca_block")
+    return str(preprocessing.get("zca")) + ("" if block is None else f" ({block}-pixel blocks)")
 
 
 def cmd_info(args: argparse.Namespace) -> int:

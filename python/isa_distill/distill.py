@@ -166,12 +166,17 @@ class DistillResult:
 # ----------------------------------------------------------------------------- small helpers
 
 
-def default_flip(dataset: str, ipc: int) -> bool:
-    """The protocol's flip rule: CIFAR-10 and image folders always, CIFAR-100 only at IPC 1,
-    never for digit and clothing images."""
+def default_flip(dataset: str, ipc: int, num_classes: int | None = None) -> bool:
+    """The official code's flip rule: CIFAR-100 and Tiny-ImageNet only at IPC 1, other datasets
+    that allow flips (CIFAR-10, image folders) at every IPC, never digit and clothing images.
+
+    Tiny-ImageNet has no loader of its own: any dataset with ``num_classes == 200`` (e.g. an
+    image folder of it) follows its rule."""
     if not allows_flip(dataset):
         return False
-    return ipc == 1 if dataset == "cifar100" else True
+    if dataset == "cifar100" or num_classes == 200:  # 200 classes: Tiny-ImageNet
+        return ipc == 1
+    return True
 
 
 def check_ipc(train: Split, ipc: int, num_classes: int) -> None:

@@ -9,6 +9,21 @@ Step budget by set size M (``steps=None``), from the protocol's table; for an M 
 the entry nearest in log(M) is used (ties go to the larger M): M = 20 -> 1000 (the entry for
 10), M = 50 -> 2000 (the entry for 100), M = 10000 -> 40000 (the entry for 5000).
 
+Batches (``batches``): ``"shuffled"`` (default) draws every batch as a fresh random subset of
+the set. ``"class-sorted"`` reproduces the official code's input pipeline exactly: the set is
+sorted by class (the argmax of its soft labels; a stable sort, so the stored order is kept
+within a class), and batch k holds the positions k * batch_size, ..., (k + 1) * batch_size - 1
+of that order taken modulo M, i.e. consecutive batches cycle through the sorted set without
+shuffling, starting again at its beginning for every network.
+
+Checkpoint (``select``): ``"last"`` (default) scores the weights after the last step.
+``"best-val"`` scores the network on the VALIDATION split every ``select_every`` steps (default:
+a tenth of the budget, as often as the official code logs) and after the last step, and keeps
+the weights with the best validation accuracy (the earliest of equal ones); the test split is
+then scored once, on those weights. The official evaluation reports the last weights (its
+distillation keeps the synthetic set with the best TEST accuracy, which this library never
+does); ``"best-val"`` is the honest form of checkpoint selection.
+
 Select nothing on the test split: pass the validation split as ``test`` for any choice of
 hyperparameters, and the real test split only for the final report.
 """
@@ -32,6 +47,9 @@ PROTOCOL_STEPS = {
     10: 1000, 100: 2000, 200: 2000, 400: 5000, 500: 5000, 1000: 4000, 2000: 5000, 5000: 40000,
 }  # fmt: skip
 MAX_BATCH_SIZE = 500
+BATCH_ORDERS = ("shuffled", "class-sorted")
+SELECTIONS = ("last", "best-val")
+SELECT_FRACTION = 0.1  # best-val scores the validation split every tenth of the budget
 FINAL_LR_FRACTION = 0.01
 # Short runs (tests, smoke runs) would spend all their steps warming up: cap the warm-up.
 MAX_WARMUP_FRACTION = 0.5
@@ -93,17 +111,36 @@ def centred_one_hot(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     return one_hot - 1.0 / num_classes
 
 
-def _test_pair(test) -> tuple[torch.Tensor, torch.Tensor]:
+def _test_pair(test, name: str = "test") -> tuple[torch.Tensor, torch.Tensor]:
     try:
         images, labels = test
     except (TypeError, ValueError) as error:
-        raise TypeError("test must be a Split or an (images, labels) pair") from error
+        raise TypeError(f"{name} must be a Split or an (images, labels) pair") from error
     if images.ndim != 4 or labels.ndim != 1 or len(images) != len(labels) or len(labels) == 0:
         raise ValueError(
-            f"test must hold (n, c, h, w) images and (n,) labels with n > 0, got "
+            f"{name} must hold (n, c, h, w) images and (n,) labels with n > 0, got "
             f"{tuple(images.shape)} and {tuple(labels.shape)}"
         )
     return images, labels.long()
+
+
+def _check_recipe(batches: str, select: str, select_every: int | None, val) -> None:
+    """Raise ValueError naming the first bad batch-order or checkpoint-selection option."""
+    if batches not in BATCH_ORDERS:
+        raise ValueError(f"batches must be one of {BATCH_ORDERS}, got {batches!r}")
+    if select not in SELECTIONS:
+        raise ValueError(f"select must be one of {SELECTIONS}, got {select!r}")
+    if select_every is not None and (
+        isinstance(select_every, bool) or not isinstance(select_every, int) or select_every < 1
+    ):
+        raise ValueError(f"select_every must be a positive int or None, got {select_every!r}")
+    if select == "best-val":
+        if val is None:
+            raise ValueError(
+                "select='best-val' needs a validation split: pass val=(images, labels) held out "
+                "of train (the test split is never used to select)"
+            )
+        _test_pair(val, "val")
 
 
 def _targets(
@@ -148,7 +185,7 @@ def test_accuracy(model: nn.Module, test, *, device: str | torch.device = "cpu")
     """Fraction of ``test`` (Split or (images, labels)) whose argmax logit is the label."""
     images, labels = _test_pair(test)
     logits = _batched(model, model, images, torch.device(device))
-    return float((logits.argmax(1).cpu() == labels).float().mean())
+    return float((logits.argmax(1).to(labels.device) == labels).float().mean())
 
 
 def krr_accuracy(
@@ -174,7 +211,7 @@ def krr_accuracy(
     predictions = krr_predict(
         support_features, targets.to(device), test_features, reg=reg, reg_mode=reg_mode
     )
-    return float((predictions.argmax(1).cpu() == test_labels).float().mean())
+    return float((predictions.argmax(1).to(test_labels.device) == test_labels).float().mean())
 
 
 def _seeds(seed: int, count: int) -> list[tuple[int, int]]:
@@ -182,6 +219,29 @@ def _seeds(seed: int, count: int) -> list[tuple[int, int]]:
     base = torch.Generator().manual_seed(seed)
     draws = torch.randint(0, 2**62, (count, 2), generator=base)
     return [(int(a), int(b)) for a, b in draws]
+
+
+def class_sorted_order(targets: torch.Tensor) -> torch.Tensor:
+    """Row indices of the set sorted by class (argmax of each target row), stable within a class;
+    a CPU int64 tensor."""
+    return torch.sort(targets.argmax(1).cpu(), stable=True).indices
+
+
+def class_sorted_batch(order: torch.Tensor, step: int, batch_size: int) -> torch.Tensor:
+    """Batch ``step`` (0-based) of the class-sorted cycle: positions step * batch_size, ...,
+    (step + 1) * batch_size - 1 of ``order``, modulo its length (the official ``repeat().batch``)."""
+    positions = (step * batch_size + torch.arange(batch_size)) % len(order)
+    return order[positions]
+
+
+def selection_interval(steps: int, select_every: int | None = None) -> int:
+    """Steps between validation scores of ``select="best-val"``: ``select_every`` if given,
+    else a tenth of ``steps`` (at least 1)."""
+    return select_every if select_every is not None else max(1, int(SELECT_FRACTION * steps))
+
+
+def _weights(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {name: value.detach().clone() for name, value in model.state_dict().items()}
 
 
 def train_network(
@@ -202,8 +262,18 @@ def train_network(
     data_seed: int,
     device: torch.device,
     progress_bar=None,
+    batches: str = "shuffled",
+    select: str = "last",
+    val=None,
+    select_every: int | None = None,
 ) -> nn.Module:
-    """Train one freshly initialised network on (images, targets) with the protocol's recipe."""
+    """Train one freshly initialised network on (images, targets) with the protocol's recipe.
+
+    ``batches`` and ``select`` as in the module docstring; ``val`` (Split or (images, labels))
+    is only read by ``select="best-val"``, which returns the network with the weights of its
+    best validation score. There is no test split here: selection cannot see it.
+    """
+    _check_recipe(batches, select, select_every, val)
     with torch.random.fork_rng(devices=[]):  # seeded init without touching the global RNG
         torch.manual_seed(init_seed)
         model = build_model(
@@ -222,8 +292,15 @@ def train_network(
     )
     generator = torch.Generator().manual_seed(data_seed)
     images, targets = images.to(device), targets.to(device)
-    for _ in range(steps):
-        index = torch.randperm(len(images), generator=generator)[:batch_size].to(device)
+    order = class_sorted_order(targets) if batches == "class-sorted" else None
+    every = selection_interval(steps, select_every)
+    best_accuracy, best_weights = -1.0, None
+    for step in range(steps):
+        if order is None:
+            index = torch.randperm(len(images), generator=generator)[:batch_size]
+        else:
+            index = class_sorted_batch(order, step, batch_size)
+        index = index.to(device)
         batch = images[index]
         if augment:
             batch = augment_batch(batch, generator, flip=flip)
@@ -234,6 +311,14 @@ def train_network(
         schedule.step()
         if progress_bar is not None:
             progress_bar.update()
+        done = step + 1
+        if select == "best-val" and (done % every == 0 or done == steps):
+            accuracy = test_accuracy(model, val, device=device)
+            model.train()  # scoring switched the network to eval mode
+            if accuracy > best_accuracy:
+                best_accuracy, best_weights = accuracy, _weights(model)
+    if best_weights is not None:
+        model.load_state_dict(best_weights)
     return model
 
 
@@ -259,6 +344,10 @@ def evaluate_set(
     num_classes: int | None = None,
     krr: bool = False,
     krr_reg: float = 1e-6,
+    batches: str = "shuffled",
+    select: str = "last",
+    val=None,
+    select_every: int | None = None,
 ) -> EvalResult:
     """Train ``num_models`` fresh networks on (images, labels); test accuracy mean and std.
 
@@ -272,7 +361,16 @@ def evaluate_set(
         flip: allow the horizontal-flip op (False for MNIST-like data).
         seed: seeds every network's initialisation, batches and augmentation.
         krr: also score each trained network as a KRR predictor (``krr_accuracy``).
+        batches: ``"shuffled"`` (default) or ``"class-sorted"`` (the official code's unshuffled
+            batches; defined in the module docstring).
+        select: ``"last"`` (default) or ``"best-val"``: keep the weights with the best accuracy
+            on ``val``, scored every ``select_every`` steps (None: a tenth of ``steps``).
+        val: the validation split (Split or (images, labels)), needed by ``"best-val"`` only.
+
+    Raises:
+        ValueError: a bad option, incl. ``select="best-val"`` without ``val``.
     """
+    _check_recipe(batches, select, select_every, val)
     test_images, test_labels = _test_pair(test)
     targets = _targets(images, labels, num_classes, test_labels)
     if test_images.shape[1:] != images.shape[1:]:
@@ -280,6 +378,13 @@ def evaluate_set(
             f"test images have shape {tuple(test_images.shape[1:])} per sample, the set has "
             f"{tuple(images.shape[1:])}"
         )
+    if val is not None and select == "best-val":
+        val_images = _test_pair(val, "val")[0]
+        if val_images.shape[1:] != images.shape[1:]:
+            raise ValueError(
+                f"val images have shape {tuple(val_images.shape[1:])} per sample, the set has "
+                f"{tuple(images.shape[1:])}"
+            )
     if num_models < 1:
         raise ValueError(f"num_models must be >= 1, got {num_models}")
     steps = protocol_steps(len(images)) if steps is None else steps
@@ -300,6 +405,7 @@ def evaluate_set(
                 images, targets, arch=arch, norm=norm, width=width, depth=depth, steps=steps,
                 lr=lr, warmup=warmup, batch_size=batch_size, augment=augment, flip=flip,
                 init_seed=init_seed, data_seed=data_seed, device=device, progress_bar=bar,
+                batches=batches, select=select, val=val, select_every=select_every,
             )  # fmt: skip
             accuracies.append(test_accuracy(model, (test_images, test_labels), device=device))
             if krr:

@@ -9,17 +9,28 @@ where mu is the per-pixel mean of the standardised train images, U diag(s) U^T i
 eigendecomposition of cov = (X - mu)^T (X - mu) / N, and r = zca_reg * trace(cov) / D
 (zca_reg = 0.1 in the protocol). The inverse uses W^-1 = U diag((s + r)^1/2) U^T, so
 ``inverse(transform(x)) == x`` up to float32 rounding. The eigendecomposition runs in float64.
+
+Block ZCA for large images. A D x D eigendecomposition is out of reach beyond ``MAX_ZCA_DIM``
+(D = 3 * 64 * 64 = 12288), so larger images (e.g. ImageNette / ImageWoof at 128 px) are
+whitened by blocks, as the paper's official code does: with block side b (dividing h and w) and
+strides (h / b, w / b), block (i, j) holds the b x b interleaved pixels x[:, i::h/b, j::w/b]
+of every channel, a vector of d = c * b * b values; the blocks partition the image. ONE d x d
+ZCA, fitted on the mean of the blocks' covariances over the train split (after subtracting the
+full per-pixel mean mu) with the same regulariser rule (r = zca_reg * trace / d), whitens every
+block; the inverse undoes it block by block, exactly. ``fit`` picks the largest b with
+c * b * b <= MAX_ZCA_DIM automatically (b = 64 for 3 x 128 x 128, the official choice).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import torch
 
 # A D x D eigendecomposition beyond this is slow and memory-hungry (D = 3 * 64 * 64 = 12288).
 MAX_ZCA_DIM = 12288
-_FIT_CHUNK = 4096
+_FIT_CHUNK_VALUES = 2**25  # float64 values converted at a time while fitting (256 MiB)
 
 
 def _check_images(images: torch.Tensor, name: str) -> None:
@@ -29,6 +40,41 @@ def _check_images(images: torch.Tensor, name: str) -> None:
         )
     if not images.is_floating_point():
         raise TypeError(f"{name} must be a floating tensor, got {images.dtype}")
+
+
+def zca_block_side(channels: int, height: int, width: int) -> int | None:
+    """None when a full ZCA fits (c * h * w <= MAX_ZCA_DIM); else the largest block side b that
+    divides h and w with c * b * b <= MAX_ZCA_DIM."""
+    if channels * height * width <= MAX_ZCA_DIM:
+        return None
+    for side in range(min(height, width), 0, -1):
+        if height % side == 0 and width % side == 0 and channels * side * side <= MAX_ZCA_DIM:
+            return side
+    raise ValueError(f"{channels} channels exceed MAX_ZCA_DIM={MAX_ZCA_DIM}; use zca=False")
+
+
+def to_blocks(x: torch.Tensor, side: int) -> torch.Tensor:
+    """(n, c, h, w) -> (n, P, c * side * side): the interleaved blocks (see the module docstring),
+    P = (h / side) * (w / side), block index i * (w / side) + j for block (i, j)."""
+    n, c, h, w = x.shape
+    rows, cols = h // side, w // side
+    blocks = x.reshape(n, c, side, rows, side, cols).permute(0, 3, 5, 1, 2, 4)
+    return blocks.reshape(n, rows * cols, c * side * side)
+
+
+def from_blocks(blocks: torch.Tensor, shape: torch.Size, side: int) -> torch.Tensor:
+    """The inverse of ``to_blocks`` for images of ``shape`` (n, c, h, w)."""
+    n, c, h, w = shape
+    rows, cols = h // side, w // side
+    grid = blocks.reshape(n, rows, cols, c, side, side).permute(0, 3, 4, 1, 5, 2)
+    return grid.reshape(n, c, h, w)
+
+
+def _float64_chunks(images: torch.Tensor) -> Iterator[torch.Tensor]:
+    """The images in float64, a bounded number at a time (no float64 copy of a whole split)."""
+    rows = max(1, _FIT_CHUNK_VALUES // images[0].numel())
+    for chunk in images.split(rows):
+        yield chunk.to(torch.float64)
 
 
 class Preprocessor:
@@ -43,6 +89,7 @@ class Preprocessor:
         zca_eigenvectors: torch.Tensor | None = None,
         zca_eigenvalues: torch.Tensor | None = None,
         zca_reg: float = 0.1,
+        zca_block: int | None = None,
     ) -> None:
         zca_parts = (zca_mean, zca_eigenvectors, zca_eigenvalues)
         if any(p is None for p in zca_parts) and not all(p is None for p in zca_parts):
@@ -53,49 +100,82 @@ class Preprocessor:
         self.std = std.to(torch.float32)
         self.zca_reg = float(zca_reg)
         self.zca = zca_mean is not None
+        self.zca_block = None if not self.zca or zca_block is None else int(zca_block)
         self._device_cache: dict[torch.device, tuple[torch.Tensor, ...]] = {}
         if self.zca:
             self.zca_mean = zca_mean.to(torch.float32)
             self.zca_eigenvectors = zca_eigenvectors.to(torch.float32)
             self.zca_eigenvalues = zca_eigenvalues.to(torch.float64)
+            self._check_zca_shapes()
             u = self.zca_eigenvectors.to(torch.float64)
             shifted = self.zca_eigenvalues + self.zca_ridge
             self.whiten = ((u * shifted.rsqrt()) @ u.T).to(torch.float32)
             self.unwhiten = ((u * shifted.sqrt()) @ u.T).to(torch.float32)
 
+    def _check_zca_shapes(self) -> None:
+        dim = self.zca_eigenvalues.numel()
+        if self.zca_eigenvectors.shape != (dim, dim):
+            raise ValueError(
+                f"zca_eigenvectors must be {dim}x{dim} to match zca_eigenvalues, got "
+                f"{tuple(self.zca_eigenvectors.shape)}"
+            )
+        expected = self.zca_mean.numel() if self.zca_block is None else (
+            self.mean.numel() * self.zca_block**2
+        )
+        if dim != expected:
+            what = "the image" if self.zca_block is None else f"a {self.zca_block}-pixel block"
+            raise ValueError(f"the ZCA has {dim} values per vector, {what} has {expected}")
+
     @property
     def zca_ridge(self) -> float:
-        """r = zca_reg * trace(cov) / D, added to every eigenvalue."""
+        """r = zca_reg * trace(cov) / d, added to every eigenvalue (d: values per image, or per
+        block for a block ZCA)."""
         return self.zca_reg * float(self.zca_eigenvalues.sum()) / self.zca_eigenvalues.numel()
 
     @classmethod
-    def fit(cls, images: torch.Tensor, *, zca: bool = True, zca_reg: float = 0.1) -> Preprocessor:
-        """Fit on train images (n, c, h, w) in [0, 1]."""
+    def fit(
+        cls,
+        images: torch.Tensor,
+        *,
+        zca: bool = True,
+        zca_reg: float = 0.1,
+        zca_block: int | None = None,
+    ) -> Preprocessor:
+        """Fit on train images (n, c, h, w) in [0, 1].
+
+        ``zca_block``: None picks a full ZCA when it fits and blocks of ``zca_block_side``
+        otherwise; an int forces blocks of that side (it must divide h and w).
+        """
         _check_images(images, "images")
         if images.shape[0] < 2:
             raise ValueError(f"need at least 2 images to fit, got {images.shape[0]}")
         if not zca_reg >= 0:
             raise ValueError(f"zca_reg must be >= 0, got {zca_reg}")
-        x = images.to(torch.float64)
-        mean = x.mean(dim=(0, 2, 3))
-        std = x.std(dim=(0, 2, 3), correction=0)
+        n, channels, height, width = images.shape
+        values_per_channel = n * height * width
+        mean = sum(c.sum(dim=(0, 2, 3)) for c in _float64_chunks(images)) / values_per_channel
+        variance = sum(
+            (c - mean[:, None, None]).square().sum(dim=(0, 2, 3)) for c in _float64_chunks(images)
+        ) / values_per_channel
+        std = variance.sqrt()
         if bool((std == 0).any()):
             raise ValueError("a channel of the train images is constant; cannot standardise it")
         if not zca:
             return cls(mean, std, zca_reg=zca_reg)
-        dim = images[0].numel()
-        if dim > MAX_ZCA_DIM:
-            raise ValueError(
-                f"ZCA on D={dim} pixels needs a {dim}x{dim} eigendecomposition (limit "
-                f"{MAX_ZCA_DIM}); use zca=False or a smaller image_size"
-            )
-        flat = ((x - mean[:, None, None]) / std[:, None, None]).reshape(len(x), dim)
-        pixel_mean = flat.mean(dim=0)
+        block = cls._block_side(zca_block, channels, height, width)
+
+        def standardised(chunk: torch.Tensor) -> torch.Tensor:
+            return ((chunk - mean[:, None, None]) / std[:, None, None]).flatten(1)
+
+        pixel_mean = sum(standardised(c).sum(0) for c in _float64_chunks(images)) / n
+        dim = channels * height * width if block is None else channels * block * block
         cov = torch.zeros(dim, dim, dtype=torch.float64)
-        for chunk in flat.split(_FIT_CHUNK):  # bounded extra memory for large train splits
-            centred = chunk - pixel_mean
+        for chunk in _float64_chunks(images):
+            centred = standardised(chunk) - pixel_mean
+            if block is not None:
+                centred = to_blocks(centred.view(chunk.shape), block).reshape(-1, dim)
             cov += centred.T @ centred
-        cov /= len(flat)
+        cov /= len(images) if block is None else len(images) * (height // block) * (width // block)
         eigenvalues, eigenvectors = torch.linalg.eigh(cov)
         eigenvalues = eigenvalues.clamp_min(0.0)  # rounding makes the null space slightly negative
         if zca_reg == 0 and bool((eigenvalues == 0).any()):
@@ -107,7 +187,24 @@ class Preprocessor:
             zca_eigenvectors=eigenvectors,
             zca_eigenvalues=eigenvalues,
             zca_reg=zca_reg,
+            zca_block=block,
         )
+
+    @staticmethod
+    def _block_side(zca_block: int | None, channels: int, height: int, width: int) -> int | None:
+        """The block side to fit with (None: full ZCA), checking a requested one."""
+        if zca_block is None:
+            return zca_block_side(channels, height, width)
+        if isinstance(zca_block, bool) or not isinstance(zca_block, int) or zca_block < 1:
+            raise ValueError(f"zca_block must be a positive int or None, got {zca_block!r}")
+        if height % zca_block or width % zca_block:
+            raise ValueError(f"zca_block={zca_block} must divide the image sides {height}x{width}")
+        if channels * zca_block**2 > MAX_ZCA_DIM:
+            raise ValueError(
+                f"zca_block={zca_block} gives {channels * zca_block**2} values per block "
+                f"(limit MAX_ZCA_DIM={MAX_ZCA_DIM})"
+            )
+        return None if (zca_block, zca_block) == (height, width) else zca_block
 
     def _buffers(self, device: torch.device) -> tuple[torch.Tensor, ...]:
         if device not in self._device_cache:
@@ -126,6 +223,18 @@ class Preprocessor:
                 f"{name} has {x[0].numel()} values per image, the ZCA was fit on "
                 f"{self.zca_mean.numel()}"
             )
+        block = self.zca_block
+        if block is not None and (x.shape[2] % block or x.shape[3] % block):
+            raise ValueError(
+                f"{name} is {x.shape[2]}x{x.shape[3]}; the block ZCA needs sides divisible by "
+                f"{block}"
+            )
+
+    def _zca_map(self, x: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
+        """x (n, c, h, w) times the (block) ZCA matrix ``matrix``, same shape."""
+        if self.zca_block is None:
+            return (x.flatten(1) @ matrix).reshape(x.shape)
+        return from_blocks(to_blocks(x, self.zca_block) @ matrix, x.shape, self.zca_block)
 
     def transform(self, x: torch.Tensor) -> torch.Tensor:
         """Images in [0, 1] -> network inputs (float32, same shape)."""
@@ -134,7 +243,7 @@ class Preprocessor:
         out = (x.float() - mean[:, None, None]) / std[:, None, None]
         if self.zca:
             zca_mean, whiten, _ = zca
-            out = ((out.flatten(1) - zca_mean) @ whiten).reshape(x.shape)
+            out = self._zca_map((out.flatten(1) - zca_mean).reshape(x.shape), whiten)
         return out
 
     def inverse(self, x: torch.Tensor) -> torch.Tensor:
@@ -144,16 +253,18 @@ class Preprocessor:
         out = x.float()
         if self.zca:
             zca_mean, _, unwhiten = zca
-            out = (out.flatten(1) @ unwhiten + zca_mean).reshape(x.shape)
+            out = (self._zca_map(out, unwhiten).flatten(1) + zca_mean).reshape(x.shape)
         return out * std[:, None, None] + mean[:, None, None]
 
     def state_dict(self) -> dict[str, Any]:
-        """Tensors (CPU) plus plain config values ("zca": bool, "zca_reg": float)."""
+        """Tensors (CPU) plus plain config values ("zca": bool, "zca_reg": float,
+        "zca_block": int block side, or None for a full ZCA)."""
         state: dict[str, Any] = {
             "mean": self.mean.clone(),
             "std": self.std.clone(),
             "zca": self.zca,
             "zca_reg": self.zca_reg,
+            "zca_block": self.zca_block,
         }
         if self.zca:
             state["zca_mean"] = self.zca_mean.clone()
@@ -163,6 +274,8 @@ class Preprocessor:
 
     @classmethod
     def from_state_dict(cls, state: dict[str, Any]) -> Preprocessor:
+        """The inverse of ``state_dict``; a state without "zca_block" (written before block ZCA
+        existed) is a full ZCA."""
         missing = {"mean", "std", "zca", "zca_reg"} - set(state)
         if bool(state.get("zca")):
             missing |= {"zca_mean", "zca_eigenvectors", "zca_eigenvalues"} - set(state)
@@ -170,4 +283,10 @@ class Preprocessor:
             raise ValueError(f"preprocessor state lacks {sorted(missing)}")
         zca_keys = ("zca_mean", "zca_eigenvectors", "zca_eigenvalues")
         zca_parts = {k: state[k] for k in zca_keys} if bool(state["zca"]) else {}
-        return cls(state["mean"], state["std"], zca_reg=float(state["zca_reg"]), **zca_parts)
+        block = state.get("zca_block")
+        if block is not None and (isinstance(block, bool) or not isinstance(block, int)):
+            raise ValueError(f"preprocessor state: zca_block must be an int or None, got {block!r}")
+        return cls(
+            state["mean"], state["std"], zca_reg=float(state["zca_reg"]), zca_block=block,
+            **zca_parts,
+        )
