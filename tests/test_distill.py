@@ -13,19 +13,19 @@ from isa_distill.data import DatasetSplits, class_balanced_subset, load_dataset
 from isa_distill.data.preprocess import Preprocessor
 from isa_distill.distill import (
     DistillConfig,
-    ProtocolLamb,
     cosine_lr,
     distill,
-    draw_target_batch,
+    draw_rows,
     initial_pool,
     initial_support_labels,
-    label_margin_penalty,
     make_generators,
     make_optimizer,
-    outer_loss,
     preprocessed,
 )
+from isa_distill.evaluate import centred_one_hot
+from isa_distill.optim import Lamb
 from isa_distill.runs import CHECKPOINT, RunExistsError, read_log
+from isa_distill.step import for_features, label_margin_penalty, loss_terms
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -55,13 +55,17 @@ def test_one_step_changes_the_set_and_lowers_the_loss_on_a_fixed_batch(tiny_digi
     init = class_balanced_subset(tiny_digits.train, config.ipc, generators["data"])
     images = preprocessor.transform(init.images).requires_grad_(True)
     labels = initial_support_labels(init.labels, 10).requires_grad_(True)
-    model = initial_pool(config, tiny_digits, generators["pool"])[0].model
-    batch = draw_target_batch(train, config.batch_size, generators["data"])
+    model = for_features(initial_pool(config, tiny_digits, generators["pool"])[0].model)
+    rows = draw_rows(len(train), config.batch_size, generators["data"], torch.device("cpu"))
+    batch_images, batch_labels = train.images[rows], centred_one_hot(train.labels[rows], 10)
     optimizer = make_optimizer([images, labels], config)
+    settings = config.loss_settings(10, flip=False)
 
     def loss_on_batch() -> torch.Tensor:
-        partner_stream = torch.Generator().manual_seed(1)
-        return outer_loss(model, images, labels, batch, 10, config, False, partner_stream)
+        kernel, margin, status = loss_terms(model, images, labels, batch_images, batch_labels,
+                                            settings)
+        assert int(status) == 0
+        return kernel + margin
 
     before_images, before_labels = images.detach().clone(), labels.detach().clone()
     loss = loss_on_batch()
@@ -73,12 +77,12 @@ def test_one_step_changes_the_set_and_lowers_the_loss_on_a_fixed_batch(tiny_digi
         assert loss_on_batch().item() < loss.item()
 
 
-def test_protocol_lamb_scales_each_whole_tensor_by_its_own_norm():
+def test_lamb_scales_each_whole_tensor_by_its_own_norm():
     # LAMB's first step moves each tensor by lr * ||p|| (the trust ratio), whatever the gradient
-    # scale, separately per tensor; the norm is NOT clamped at 10 as in pytorch_optimizer's default.
+    # scale, separately per tensor; the norm is NOT clamped (general-purpose LAMBs clamp at 10).
     big = torch.full((50, 50), 3.0, requires_grad=True)  # ||p|| = 150
     small = torch.full((4,), 0.5, requires_grad=True)  # ||p|| = 1
-    optimizer = ProtocolLamb([big, small], lr=1e-2)
+    optimizer = Lamb([big, small], lr=1e-2)
     start = [big.detach().clone(), small.detach().clone()]
     (1e3 * big.sum() + 1e-3 * (small * torch.arange(4.0)).sum()).backward()
     optimizer.step()
@@ -132,9 +136,9 @@ def test_hooks_replace_the_loss_and_the_target_batch(tiny_digits):
 
     calls = {"loss": 0, "targets": 0}
 
-    def same_loss(fs, ys, ft, yt, *, config, generator):
+    def same_loss(fs, ys, ft, yt, *, settings, generator):
         calls["loss"] += 1
-        return isa_krr_loss(fs, ys, ft, yt, epsilon=config.epsilon, discard=config.discard,
+        return isa_krr_loss(fs, ys, ft, yt, epsilon=settings.epsilon, discard=settings.discard,
                             generator=generator)
 
     def same_targets(images, labels, generator):
@@ -164,19 +168,19 @@ def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(tiny_digits, tm
     whole = distill(tiny_digits, config, run_dir=tmp_path / "whole", progress=False)
 
     # Kill the second run inside step 6 (after the checkpoint at step 4): steps 5-6 are lost.
-    real_online_step = distill_module.online_step
+    real_step = distill_module.OuterStep.__call__
     calls = {"n": 0}
 
-    def dying_online_step(*args, **kwargs):
+    def dying_step(self, *args, **kwargs):
         calls["n"] += 1
         if calls["n"] == 6:
             raise RuntimeError("simulated kill")
-        return real_online_step(*args, **kwargs)
+        return real_step(self, *args, **kwargs)
 
-    monkeypatch.setattr(distill_module, "online_step", dying_online_step)
+    monkeypatch.setattr(distill_module.OuterStep, "__call__", dying_step)
     with pytest.raises(RuntimeError, match="simulated kill"):
         distill(tiny_digits, config, run_dir=tmp_path / "killed", progress=False)
-    monkeypatch.setattr(distill_module, "online_step", real_online_step)
+    monkeypatch.setattr(distill_module.OuterStep, "__call__", real_step)
     checkpoint = torch.load(tmp_path / "killed" / CHECKPOINT, weights_only=True)
     assert checkpoint["step"] == 4
 

@@ -106,7 +106,7 @@ def test_keep_easiest_loss_is_the_mean_of_the_smallest_plain_losses():
     fs, ys, ft, yt = _problem()
     plain = 0.5 * (krr_predict(fs.detach(), ys, ft) - yt).square().sum(1)
     expected = plain.sort().values[: 20 - 6].mean()  # drop floor(0.3 * 20) = 6 hardest
-    loss = keep_easiest_loss(0.3)(fs, ys, ft, yt, config=_Config, generator=None)
+    loss = keep_easiest_loss(0.3)(fs, ys, ft, yt, settings=_Config, generator=None)
     assert float(loss.detach()) == pytest.approx(float(expected), rel=1e-6)
     loss.backward()
     assert fs.grad is not None and torch.isfinite(fs.grad).all()
@@ -116,7 +116,7 @@ def test_hooked_losses_are_finite_and_differentiable():
     generator = torch.Generator().manual_seed(0)
     for loss_fn in (feature_mixup_loss, monte_carlo_loss(4)):
         fs, ys, ft, yt = _problem(3)
-        loss = loss_fn(fs, ys, ft, yt, config=_Config, generator=generator)
+        loss = loss_fn(fs, ys, ft, yt, settings=_Config, generator=generator)
         loss.backward()
         assert torch.isfinite(loss) and fs.grad.abs().sum() > 0
 

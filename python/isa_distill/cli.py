@@ -64,6 +64,15 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: the preset's)")
     run.add_argument("--autocast", action=argparse.BooleanOptionalAction, default=None,
                      help="bfloat16 feature extraction on CUDA")
+    run.add_argument("--class-reduction", choices=("half_sum", "mean"),
+                     help="per-target ISA loss: 1/2 sum over classes (paper's Eq. 5) or mean "
+                     "over classes (the paper's public code; default: the preset's)")
+    run.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                     help="torch.compile the outer step's forward computations (needs partner "
+                     "'nearest'; default: off)")
+    run.add_argument("--compile-mode", choices=("default", "reduce-overhead",
+                                                "max-autotune-no-cudagraphs"),
+                     help="torch.compile mode with --compile; reduce-overhead uses CUDA graphs")
     run.add_argument("--checkpoint-every", type=int, help="steps between checkpoints")
     run.add_argument("--run-dir", type=Path,
                      help="where to write the run (default: runs/<dataset>-ipc<N>-<time>)")
@@ -165,6 +174,8 @@ def cmd_distill(args: argparse.Namespace) -> int:
             depth=args.depth, optimizer=args.optimizer, lr=args.lr, flip=args.flip, zca=args.zca,
             seed=args.seed, backend=args.backend, device=args.device, autocast=args.autocast,
             checkpoint_every=args.checkpoint_every, eval_steps=args.eval_steps,
+            class_reduction=args.class_reduction, compile=args.compile,
+            compile_mode=args.compile_mode,
         )
         _check_device(config.device)
         data = _load_data(args.dataset, args.data_root, config.seed)
@@ -249,9 +260,11 @@ def _print_evaluation(run_dir: Path, data, args: argparse.Namespace, *, device: 
 
 
 def _method_name(config: dict) -> str:
+    reduction = config.get("class_reduction", "half_sum")
     if config["epsilon"] == 0 and config["discard"] == 0:
-        return "FRePo"
-    return f"ISA eps={config['epsilon']:g}, discard={config['discard']:g}"
+        return "FRePo" if reduction == "half_sum" else "FRePo, class mean"
+    name = f"ISA eps={config['epsilon']:g}, discard={config['discard']:g}"
+    return name if reduction == "half_sum" else f"{name}, class mean"
 
 
 def cmd_show(args: argparse.Namespace) -> int:
@@ -276,8 +289,14 @@ def cmd_show(args: argparse.Namespace) -> int:
           f"{meta.get('elapsed_seconds', 0):.0f} s, seed {meta['seed']}, "
           f"isa-distill {meta.get('version', '?')}")
     if rows:
-        print(f"loss       {rows[0]['loss']:.4g} (step {rows[0]['step']}) -> "
-              f"{rows[-1]['loss']:.4g} (step {rows[-1]['step']})")
+        first, last = rows[0], rows[-1]
+        if first["kernel_loss"] is not None and last["kernel_loss"] is not None:
+            print(f"kernel     {first['kernel_loss']:.4g} (step {first['step']}) -> "
+                  f"{last['kernel_loss']:.4g} (step {last['step']}); label margin "
+                  f"{first['margin_loss']:.3g} -> {last['margin_loss']:.3g}")
+        else:
+            print(f"loss       {first['loss']:.4g} (step {first['step']}) -> "
+                  f"{last['loss']:.4g} (step {last['step']})")
     if measured:
         history = ", ".join(f"{100 * r['val_acc']:.1f}% @ {r['step']}" for r in measured[-5:])
         print(f"val acc    {history}")
@@ -334,8 +353,9 @@ def _describe_config(data, config, run_dir: Path) -> str:
         f"to IPC {config.ipc} with {_method_name(config.__dict__)}\n"
         f"  {config.steps} steps, Conv-BN width {config.width} depth {config.depth}, batch "
         f"{config.batch_size}, {config.optimizer} lr {config.peak_lr:g}, flip "
-        f"{resolved_flip(config, data.name)}, zca {resolved_zca(config, data.name)}, device "
-        f"{config.device}\n  run directory: {run_dir}"
+        f"{resolved_flip(config, data.name, data.num_classes)}, zca "
+        f"{resolved_zca(config, data.name)}, device {config.device}"
+        f"{', compiled' if config.compile else ''}\n  run directory: {run_dir}"
     )
 
 

@@ -1,23 +1,22 @@
 """Distil a dataset into a few learned images: FRePo's outer loop with the ISA loss.
 
-One outer step, exactly as in the protocol (docs: shared/reference/protocol.md):
+This module is the loop around one outer step (``isa_distill.step``, docs/protocol.md): the
+schedule, the model pool's lifecycle, the random draws, logging, validation and checkpoints.
+Per outer step:
 
-1. Draw a target batch (X_T, Y_T) from the preprocessed train split; F_T = f(X_T) from the
-   current pool model without gradient, batch norm in inference mode.
-2. Flip trick (when on): the support set is [X_S; hflip(X_S)] with labels [Y_S; Y_S].
-3. loss = isa_krr_loss(F_S, Y_S, F_T, Y_T, epsilon, discard, partner)
-          + mean_i -min(top1(Y_S[i]) - top2(Y_S[i]), 1/C)           (label margin)
-4. One LAMB step on (X_S, Y_S) (trust ratio per whole tensor), lr cosine from ``lr`` to
-   ``lr * lr_final_fraction`` over the run (Adam as an option).
-5. The pool model just used takes ONE Adam step (MSE to the current support labels, batch norm
-   in train mode) on min(M, online_batch) random support rows; a model past
-   ``max_online_updates`` updates is re-initialised; the next model is drawn uniformly.
+1. Draw a target batch (X_T, Y_T) of the preprocessed train split and min(M, online_batch)
+   support rows for the pool model's online step.
+2. Run the step: ISA kernel loss + label margin, one LAMB (or Adam) step on (X_S, Y_S) with lr
+   cosine from ``lr`` to ``lr * lr_final_fraction``, ONE Adam step of the pool model.
+3. A pool model past ``max_online_updates`` updates is re-initialised; the next model is drawn
+   uniformly.
 
 ``epsilon=0, discard=0`` is the FRePo baseline. Every random draw comes from one of three
-explicit ``torch.Generator``s (target batches, pool models, loss partners) that are checkpointed
-with everything else, so an interrupted and resumed CPU run is bit-identical to an uninterrupted
-one. Support features use batch norm in inference mode too, so they never depend on which other
-support rows share the forward pass.
+explicit CPU ``torch.Generator``s (target batches, pool models, loss partners) that are
+checkpointed with everything else, so an interrupted and resumed run is bit-identical to an
+uninterrupted one on the same device, and a run can be resumed on another device. The step
+never waits for the GPU: losses and the checks' status are accumulated on the device and read
+once per ``log_every`` steps and before every checkpoint.
 """
 
 from __future__ import annotations
@@ -27,25 +26,22 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
-import torch.nn.functional as F
-from pytorch_optimizer import Lamb
 from tqdm.auto import tqdm
 
-from . import runs
+from . import checks, runs
 from .data import DatasetSplits, Split, allows_flip, class_balanced_subset, uses_zca_by_default
 from .data.preprocess import Preprocessor
 from .evaluate import centred_one_hot
-from .functional import isa_krr_loss
 from .models import build_model
-
-LossHook = Callable[..., torch.Tensor]
-TargetHook = Callable[[torch.Tensor, torch.Tensor, torch.Generator], tuple[torch.Tensor, torch.Tensor]]
+from .optim import Lamb
+from .step import COMPILE_MODES, LossHook, LossSettings, OuterStep, StepResult, TargetHook
 
 OPTIMIZERS = ("lamb", "adam")
 PARTNERS = ("nearest", "random")
+CLASS_REDUCTIONS = ("half_sum", "mean")
 NORMS = ("none", "batch", "instance")
 BACKENDS = ("auto", "rust", "torch")
 DEFAULT_LR = {"lamb": 3e-4, "adam": 1e-3}
@@ -60,9 +56,10 @@ class DistillConfig:
     steps: int = 500_000  # outer steps
     batch_size: int = 1024  # target batch (capped at the train split's size)
     # The loss. epsilon=0, discard=0 is FRePo's kernel loss.
-    epsilon: float = 1.0
+    epsilon: float = 1.0  # < 0 integrates away from the partner, as the paper's public code
     discard: float = 0.2
     partner: str = "nearest"  # "nearest" | "random"
+    class_reduction: str = "half_sum"  # "half_sum" (paper's Eq. 5) | "mean" (its public code)
     reg: float = 1e-6  # ridge, relative to trace(K) / M
     backend: str = "auto"  # isa_krr_loss backend: "auto" | "rust" (CPU) | "torch"
     label_margin: bool = True
@@ -87,6 +84,8 @@ class DistillConfig:
     seed: int = 0
     device: str = "cpu"
     autocast: bool = False  # bfloat16 feature extraction on CUDA
+    compile: bool = False  # torch.compile the step's forward computations (isa_distill.step)
+    compile_mode: str = "default"  # torch.compile mode, e.g. "reduce-overhead" (CUDA graphs)
     log_every: int = 100  # CSV rows and progress-bar updates
     checkpoint_every: int = 1000
     val_every: int = 0  # validation accuracy every N steps (0: only at the end)
@@ -118,7 +117,8 @@ class DistillConfig:
         if not (math.isfinite(self.reg) and self.reg > 0):
             raise ValueError(f"reg must be a finite positive number, got {self.reg}")
         choices = {"partner": PARTNERS, "optimizer": OPTIMIZERS, "norm": NORMS,
-                   "backend": BACKENDS}
+                   "backend": BACKENDS, "class_reduction": CLASS_REDUCTIONS,
+                   "compile_mode": COMPILE_MODES}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
@@ -126,6 +126,11 @@ class DistillConfig:
             value = getattr(self, name)
             if value is not None and not (math.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be a finite positive number, got {value}")
+        if self.compile and self.partner != "nearest":
+            raise ValueError(
+                f"compile needs partner='nearest' (got {self.partner!r}): random partners draw "
+                "from a torch.Generator, which torch.compile cannot trace"
+            )
         if not 0.0 < self.lr_final_fraction <= 1.0:
             raise ValueError(f"lr_final_fraction must lie in (0, 1], got {self.lr_final_fraction}")
         try:
@@ -142,11 +147,21 @@ class DistillConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> DistillConfig:
+        """The config stored by ``to_dict``; fields added since are filled with their defaults,
+        which reproduce what older versions did."""
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(values) - known
         if unknown:
             raise ValueError(f"unknown DistillConfig fields {sorted(unknown)}")
         return cls(**values)
+
+    def loss_settings(self, num_classes: int, flip: bool) -> LossSettings:
+        return LossSettings(
+            num_classes=num_classes, epsilon=self.epsilon, discard=self.discard,
+            partner=self.partner, reg=self.reg, class_reduction=self.class_reduction,
+            backend=self.backend, flip=flip, label_margin=self.label_margin,
+            autocast=self.autocast,
+        )  # fmt: skip
 
 
 @dataclass
@@ -188,8 +203,10 @@ def check_ipc(train: Split, ipc: int, num_classes: int) -> None:
         )
 
 
-def resolved_flip(config: DistillConfig, dataset: str) -> bool:
-    return default_flip(dataset, config.ipc) if config.flip is None else config.flip
+def resolved_flip(config: DistillConfig, dataset: str, num_classes: int | None = None) -> bool:
+    if config.flip is not None:
+        return config.flip
+    return default_flip(dataset, config.ipc, num_classes)
 
 
 def resolved_zca(config: DistillConfig, dataset: str) -> bool:
@@ -201,13 +218,6 @@ def initial_support_labels(labels: torch.Tensor, num_classes: int) -> torch.Tens
     return centred_one_hot(labels, num_classes) / math.sqrt(num_classes / 10)
 
 
-def label_margin_penalty(support_labels: torch.Tensor) -> torch.Tensor:
-    """mean_i -min(top1_i - top2_i, 1/C): rewards each row's margin up to 1/C, then stops."""
-    num_classes = support_labels.shape[1]
-    top2 = support_labels.topk(2, dim=1).values
-    return -(top2[:, 0] - top2[:, 1]).clamp(max=1.0 / num_classes).mean()
-
-
 def cosine_lr(step: int, config: DistillConfig) -> float:
     """lr of outer step ``step`` (0-based): cosine from peak to peak * lr_final_fraction."""
     peak = config.peak_lr
@@ -216,26 +226,16 @@ def cosine_lr(step: int, config: DistillConfig) -> float:
     return final + 0.5 * (peak - final) * (1.0 + math.cos(math.pi * progress))
 
 
-class ProtocolLamb(Lamb):
-    """pytorch_optimizer's LAMB configured to take the protocol's (optax's) step.
-
-    The update is the Adam direction m / (sqrt(v) + eps) rescaled per whole tensor by the trust
-    ratio ||p|| / ||update||, so every step moves a tensor by lr * ||p||. Two defaults of the
-    library would break that: it clamps ||p|| at 10 (a synthetic set's norm is in the hundreds),
-    and it divides the step by the first-moment bias correction 1 - beta1^t AFTER the trust
-    ratio (10x larger first steps). ``clamp = inf`` and ``adam_debias=True`` turn both off.
-    """
-
-    clamp = math.inf
-
-    def __init__(self, params, lr: float, eps: float = 1e-6) -> None:
-        super().__init__(params, lr=lr, eps=eps, weight_decay=0.0, adam_debias=True)
-
-
 def make_optimizer(params: list[torch.Tensor], config: DistillConfig) -> torch.optim.Optimizer:
     if config.optimizer == "lamb":
-        return ProtocolLamb(params, lr=config.peak_lr)
-    return torch.optim.Adam(params, lr=config.peak_lr)
+        return Lamb(params, lr=config.peak_lr)
+    return fused_adam(params, config.peak_lr)
+
+
+def fused_adam(params, lr: float) -> torch.optim.Adam:
+    """Adam as one fused kernel; its step counts stay on the device, so no step reads them on
+    the host (the default implementation does, which on CUDA is a synchronisation)."""
+    return torch.optim.Adam(params, lr=lr, fused=True)
 
 
 def make_generators(seed: int) -> dict[str, torch.Generator]:
@@ -246,11 +246,31 @@ def make_generators(seed: int) -> dict[str, torch.Generator]:
     }
 
 
+def draw_rows(n: int, count: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:
+    """``count`` distinct rows of ``n``, drawn on the CPU and sent to ``device``.
+
+    A copy from ordinary (pageable) host memory makes CUDA wait for the stream; from pinned
+    memory it is queued like a kernel, so the host does not wait for the GPU.
+    """
+    rows = torch.randperm(n, generator=generator)[:count]
+    if device.type == "cuda":
+        rows = rows.pin_memory()
+    return rows.to(device, non_blocking=True)
+
+
+# ----------------------------------------------------------------------------- the model pool
+
+
 def new_pool_model(config: DistillConfig, data: DatasetSplits, seed: int) -> torch.nn.Module:
-    """A freshly initialised model whose weights depend on ``seed`` only (global RNG untouched)."""
-    with torch.random.fork_rng(devices=[]):
+    """A freshly initialised model on the run's device whose weights depend on ``seed`` only.
+
+    It is built directly on the device (the global RNG state is restored afterwards), so a
+    re-initialisation costs no host-to-device copy.
+    """
+    device = torch.device(config.device)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), device:
         torch.manual_seed(seed)
-        model = build_model(
+        return build_model(
             config.arch,
             in_channels=data.channels,
             num_classes=data.num_classes,
@@ -259,7 +279,6 @@ def new_pool_model(config: DistillConfig, data: DatasetSplits, seed: int) -> tor
             depth=config.depth,
             norm=config.norm,
         )
-    return model.to(config.device)
 
 
 def draw_seed(generator: torch.Generator) -> int:
@@ -273,9 +292,13 @@ class PoolMember:
     updates: int
 
 
+def pool_optimizer(model: torch.nn.Module, config: DistillConfig) -> torch.optim.Optimizer:
+    return fused_adam(model.parameters(), config.online_lr)
+
+
 def new_pool_member(config, data, generator, updates: int = 0) -> PoolMember:
     model = new_pool_model(config, data, draw_seed(generator))
-    return PoolMember(model, torch.optim.Adam(model.parameters(), lr=config.online_lr), updates)
+    return PoolMember(model, pool_optimizer(model, config), updates)
 
 
 def initial_pool(config, data, generator) -> list[PoolMember]:
@@ -284,89 +307,18 @@ def initial_pool(config, data, generator) -> list[PoolMember]:
     return [new_pool_member(config, data, generator, i * stride) for i in range(config.pool_size)]
 
 
-def autocast_context(config: DistillConfig):
-    enabled = config.autocast and torch.device(config.device).type == "cuda"
-    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=enabled)
+def restore_pool(states: list[dict[str, Any]], config, data) -> list[PoolMember]:
+    pool = []
+    for state in states:
+        model = new_pool_model(config, data, seed=0)
+        model.load_state_dict(state["model"])
+        optimizer = pool_optimizer(model, config)
+        optimizer.load_state_dict(state["optimizer"])
+        pool.append(PoolMember(model, optimizer, int(state["updates"])))
+    return pool
 
 
-def outer_loss(
-    model: torch.nn.Module,
-    support_images: torch.Tensor,
-    support_labels: torch.Tensor,
-    target: Split,
-    num_classes: int,
-    config: DistillConfig,
-    flip: bool,
-    loss_generator: torch.Generator,
-    loss_fn: LossHook | None = None,
-    target_transform: TargetHook | None = None,
-) -> torch.Tensor:
-    """Steps 1-3 of the outer step: ISA KRR loss of the support set on one target batch.
-
-    The ablations' hooks: ``target_transform`` rewrites the target batch (images, centred one-hot
-    labels) before feature extraction, ``loss_fn`` replaces the isa_krr_loss call. Both draw from
-    the loss generator, so the target-batch and pool streams stay paired with the baseline's.
-    """
-    model.eval()
-    model.requires_grad_(False)  # only the synthetic set receives gradients here
-    target_images = target.images
-    target_labels = centred_one_hot(target.labels, num_classes)
-    if target_transform is not None:
-        target_images, target_labels = target_transform(target_images, target_labels,
-                                                        loss_generator)
-    with torch.no_grad(), autocast_context(config):
-        target_features = model.features(target_images)
-    images, labels = support_images, support_labels
-    if flip:
-        images = torch.cat([images, images.flip(-1)])
-        labels = torch.cat([labels, labels])
-    with autocast_context(config):
-        support_features = model.features(images)
-    if loss_fn is not None:
-        loss = loss_fn(support_features.float(), labels, target_features.float(), target_labels,
-                       config=config, generator=loss_generator)
-    else:
-        loss = isa_krr_loss(
-            support_features.float(),
-            labels,
-            target_features.float(),
-            target_labels,
-            epsilon=config.epsilon,
-            discard=config.discard,
-            partner=config.partner,
-            reg=config.reg,
-            backend=config.backend,
-            generator=loss_generator,
-        )
-    if config.label_margin and config.learn_labels:
-        loss = loss + label_margin_penalty(support_labels)
-    return loss
-
-
-def online_step(
-    member: PoolMember,
-    support_images: torch.Tensor,
-    support_labels: torch.Tensor,
-    config: DistillConfig,
-    generator: torch.Generator,
-) -> None:
-    """One Adam step of a pool model on min(M, online_batch) support rows, batch norm training."""
-    rows = torch.randperm(len(support_images), generator=generator)[: config.online_batch]
-    rows = rows.to(support_images.device)
-    member.model.train()
-    member.model.requires_grad_(True)
-    with autocast_context(config):
-        outputs = member.model(support_images[rows].detach())
-    loss = F.mse_loss(outputs.float(), support_labels[rows].detach())
-    member.optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    member.optimizer.step()
-    member.updates += 1
-
-
-def draw_target_batch(train: Split, batch_size: int, generator: torch.Generator) -> Split:
-    rows = torch.randperm(len(train), generator=generator)[:batch_size].to(train.images.device)
-    return Split(train.images[rows], train.labels[rows])
+# ----------------------------------------------------------------------------- validation
 
 
 def validation_accuracy(
@@ -399,6 +351,52 @@ def preprocessed(split: Split, preprocessor: Preprocessor, device: str) -> Split
     return Split(preprocessor.transform(split.images).to(device), split.labels.to(device))
 
 
+class LossWindow:
+    """Loss terms and checks' status accumulated on the device between host reads.
+
+    Adding is queued on the device like the step itself. ``check`` and ``read`` are the only
+    places where the loop waits for the GPU: every ``log_every`` steps and before each
+    checkpoint, so a checkpoint never stores a set damaged by a step whose checks failed.
+    """
+
+    def __init__(self, device: torch.device, start: int) -> None:
+        self.device = device
+        self.checked_upto = start  # steps up to here have had their status read
+        self.status = torch.zeros((), dtype=torch.int32, device=device)
+        self._reset_sums()
+
+    def _reset_sums(self) -> None:
+        self.kernel = torch.zeros((), device=self.device)
+        self.margin = torch.zeros((), device=self.device)
+        self.count = 0
+
+    def add(self, result: StepResult) -> None:
+        self.kernel = self.kernel + result.kernel_loss
+        self.margin = self.margin + result.margin_loss
+        self.status = self.status | result.status
+        self.count += 1
+
+    def check(self, done: int) -> None:
+        """Raise (or warn about) what the checks found in the steps since the last check."""
+        steps = f"distillation steps {self.checked_upto + 1}-{done}"
+        try:
+            checks.raise_for_status(self.status, where=steps)
+        except (ValueError, ArithmeticError, torch.linalg.LinAlgError) as error:
+            raise type(error)(
+                f"{error} (the synthetic set is damaged from there on; the last checkpoint "
+                "was written before these steps)"
+            ) from error
+        self.status = torch.zeros_like(self.status)
+        self.checked_upto = done
+
+    def read(self, done: int) -> tuple[float, float]:
+        """``check``, then the mean kernel and margin terms since the last read."""
+        self.check(done)
+        kernel, margin = (torch.stack([self.kernel, self.margin]) / self.count).tolist()
+        self._reset_sums()
+        return kernel, margin
+
+
 # ----------------------------------------------------------------------------- checkpoint dict
 
 
@@ -419,17 +417,6 @@ def checkpoint_state(step, support_images, support_labels, optimizer, pool, curr
         "rng": {name: g.get_state() for name, g in generators.items()},
         "elapsed": elapsed,
     }
-
-
-def restore_pool(states: list[dict[str, Any]], config, data) -> list[PoolMember]:
-    pool = []
-    for state in states:
-        model = new_pool_model(config, data, seed=0)
-        model.load_state_dict(state["model"])
-        optimizer = torch.optim.Adam(model.parameters(), lr=config.online_lr)
-        optimizer.load_state_dict(state["optimizer"])
-        pool.append(PoolMember(model, optimizer, int(state["updates"])))
-    return pool
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -463,9 +450,10 @@ def distill(
 ) -> DistillResult:
     """Distil ``data`` with ``config``; with ``run_dir``, checkpoint and write the run there.
 
-    ``loss_fn(F_S, Y_S, F_T, Y_T, *, config, generator) -> loss`` replaces the ISA loss and
+    ``loss_fn(F_S, Y_S, F_T, Y_T, *, settings, generator) -> loss`` replaces the ISA loss and
     ``target_transform(images, labels, generator) -> (images, labels)`` rewrites each target
-    batch; both exist for the ablations (see ``outer_loss``) and are not stored with the run.
+    batch; both exist for the ablations (see ``isa_distill.step.loss_terms``) and are not
+    stored with the run.
 
     ``resume=True`` continues the run in ``run_dir`` from its last checkpoint with the config
     stored there (``config`` may then be None; if given, it must match apart from ``device``).
@@ -485,11 +473,15 @@ def distill(
     if data.num_classes < 2:
         raise ValueError(f"need at least 2 classes to distil, {data.name} has {data.num_classes}")
     check_ipc(data.train, config.ipc, data.num_classes)
-    device = config.device
+    device = torch.device(config.device)
     num_classes = data.num_classes
-    flip = resolved_flip(config, data.name)
+    flip = resolved_flip(config, data.name, num_classes)
+    step_fn = OuterStep(config.loss_settings(num_classes, flip), compile=config.compile,
+                        mode=config.compile_mode, loss_fn=loss_fn,
+                        target_transform=target_transform)
     preprocessor = Preprocessor.fit(data.train.images, zca=resolved_zca(config, data.name))
     train = preprocessed(data.train, preprocessor, device)
+    train_targets = centred_one_hot(train.labels, num_classes)
     val = preprocessed(data.val, preprocessor, device)
     batch_size = min(config.batch_size, len(train))
     if not resume:  # only after every check that can fail, so no empty run is left behind
@@ -520,6 +512,7 @@ def distill(
     if checkpoint is not None:
         optimizer.load_state_dict(checkpoint["optimizer"])
     history = run.read_log(upto_step=start) if run is not None else []
+    online_rows = min(len(support_images), config.online_batch)
 
     def save(step: int, elapsed: float) -> None:
         if run is None:
@@ -537,48 +530,48 @@ def distill(
         total=config.steps, initial=start, disable=not progress, desc="distill", unit="step",
         dynamic_ncols=True,
     )
-    loss_sum, loss_count = 0.0, 0
+    window = LossWindow(device, start)
     for step in range(start, config.steps):
         for group in optimizer.param_groups:
             group["lr"] = cosine_lr(step, config)
         member = pool[current]
-        target = draw_target_batch(train, batch_size, generators["data"])
-        loss = outer_loss(
-            member.model, support_images, support_labels, target, num_classes, config, flip,
-            generators["loss"], loss_fn, target_transform,
-        )
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
-        online_step(member, support_images, support_labels, config, generators["pool"])
+        rows = draw_rows(len(train), batch_size, generators["data"], device)
+        own_rows = draw_rows(len(support_images), online_rows, generators["pool"], device)
+        result = step_fn(
+            member.model, member.optimizer, support_images, support_labels, optimizer,
+            train.images[rows], train_targets[rows], own_rows, generators["loss"],
+        )  # fmt: skip
+        member.updates += 1
         if member.updates > config.max_online_updates:
             pool[current] = new_pool_member(config, data, generators["pool"])
         current = int(torch.randint(config.pool_size, (1,), generator=generators["pool"]))
+        window.add(result)
 
-        loss_sum, loss_count = loss_sum + loss.item(), loss_count + 1
         done = step + 1
-        elapsed = elapsed_before + time.perf_counter() - started
         measure = done == config.steps or (config.val_every and done % config.val_every == 0)
         if done % config.log_every == 0 or measure:
+            kernel, margin = window.read(done)  # waits for the GPU; raises what checks found
+            elapsed = elapsed_before + time.perf_counter() - started
             val_acc = None
             if measure:
                 val_acc = validation_accuracy(
                     support_images, support_labels, val, config, allows_flip(data.name)
                 )
             row = {
-                "step": done, "loss": loss_sum / loss_count,
-                "lr": optimizer.param_groups[0]["lr"], "val_acc": val_acc, "elapsed": elapsed,
-            }
+                "step": done, "loss": kernel + margin, "kernel_loss": kernel,
+                "margin_loss": margin, "lr": optimizer.param_groups[0]["lr"], "val_acc": val_acc,
+                "elapsed": elapsed,
+            }  # fmt: skip
             history.append(row)
             if run is not None:
                 run.append_log(row)
-            postfix = {"loss": f"{row['loss']:.4f}"}
+            postfix = {"kernel": f"{kernel:.4g}", "margin": f"{margin:.3g}"}
             if val_acc is not None:
                 postfix["val"] = f"{val_acc:.3f}"
             bar.set_postfix(postfix)
-            loss_sum, loss_count = 0.0, 0
         if done % config.checkpoint_every == 0 or done == config.steps:
+            window.check(done)
+            elapsed = elapsed_before + time.perf_counter() - started
             save(done, elapsed)
         bar.update(1)
     bar.close()

@@ -71,18 +71,31 @@ def plot_images(distilled: Distilled, path: str | Path) -> Path:
 
 
 def plot_curves(rows: list[dict[str, Any]], path: str | Path, *, title: str = "") -> Path:
-    """Training loss (log scale) and validation accuracy against outer steps."""
-    figure, (loss_axis, acc_axis) = plt.subplots(1, 2, figsize=(10, 3.6))
+    """The kernel (ISA KRR) loss on a log scale, the label-margin term, and validation accuracy
+    against outer steps. Logs written before the two terms were logged apart show their sum."""
+    figure, (loss_axis, margin_axis, acc_axis) = plt.subplots(1, 3, figsize=(14, 3.6))
     steps = [row["step"] for row in rows]
-    losses = [row["loss"] for row in rows]
+    split = all(row.get("kernel_loss") is not None for row in rows)
+    kernel = [row["kernel_loss"] if split else row["loss"] for row in rows]
     if rows:
-        loss_axis.plot(steps, losses, color="tab:blue", linewidth=1.2)
-        if all(loss > 0 for loss in losses):
+        loss_axis.plot(steps, kernel, color="tab:blue", linewidth=1.2)
+        if all(value > 0 for value in kernel):
             loss_axis.set_yscale("log")
     loss_axis.set_xlabel("outer step")
-    loss_axis.set_ylabel("distillation loss")
-    loss_axis.set_title("ISA KRR loss + label margin (mean per log interval)", fontsize=10)
+    loss_axis.set_ylabel("kernel loss" if split else "loss")
+    loss_axis.set_title("ISA KRR loss (mean per log interval)" if split
+                        else "ISA KRR loss + label margin", fontsize=10)
     loss_axis.grid(True, alpha=0.3)
+    if rows and split:
+        margin_axis.plot(steps, [row["margin_loss"] for row in rows], color="tab:orange",
+                         linewidth=1.2)
+    else:
+        margin_axis.text(0.5, 0.5, "not logged separately", ha="center", va="center",
+                         transform=margin_axis.transAxes, color="grey")
+    margin_axis.set_xlabel("outer step")
+    margin_axis.set_ylabel("label-margin term")
+    margin_axis.set_title("-mean min(top1 - top2, 1/C) of the labels (<= 0)", fontsize=10)
+    margin_axis.grid(True, alpha=0.3)
     measured = [(row["step"], 100.0 * row["val_acc"]) for row in rows if row["val_acc"] is not None]
     if measured:
         acc_axis.plot(*zip(*measured), marker="o", color="tab:green", linewidth=1.2)
@@ -99,7 +112,7 @@ def plot_curves(rows: list[dict[str, Any]], path: str | Path, *, title: str = ""
     acc_axis.set_title("one Conv-NN trained on the set, scored on val", fontsize=10)
     acc_axis.grid(True, alpha=0.3)
     if steps:
-        for axis in (loss_axis, acc_axis):
+        for axis in (loss_axis, margin_axis, acc_axis):
             axis.set_xlim(0, max(steps) * 1.02)
     if title:
         figure.suptitle(title, fontsize=11)

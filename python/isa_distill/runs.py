@@ -8,7 +8,9 @@ A run directory holds::
                             seed, steps done, library version
     checkpoint.pt           torch.save of a plain dict: synthetic set, optimiser state, every pool
                             model with its optimiser and counter, all generator states
-    log.csv                 step, loss, lr, val_acc (empty when not measured), elapsed seconds
+    log.csv                 step, loss (= kernel_loss + margin_loss), kernel_loss (the ISA KRR
+                            loss), margin_loss (the label-margin term, <= 0), lr, val_acc
+                            (empty when not measured), elapsed seconds
 
 Every file is written to a temporary sibling and moved into place with ``os.replace``, so a run
 killed at any moment leaves either the previous or the new version of each file, never half of
@@ -38,7 +40,8 @@ DISTILLED = "distilled.safetensors"
 META = "meta.json"
 CHECKPOINT = "checkpoint.pt"
 LOG = "log.csv"
-LOG_COLUMNS = ("step", "loss", "lr", "val_acc", "elapsed")
+LOG_COLUMNS = ("step", "loss", "kernel_loss", "margin_loss", "lr", "val_acc", "elapsed")
+OPTIONAL_LOG_COLUMNS = ("kernel_loss", "margin_loss", "val_acc")  # absent or empty: None
 PREPROCESSOR_PREFIX = "preprocessor."
 LABEL_ENCODING = (
     "learned soft labels (one row per image), initialised as centred one-hot "
@@ -217,15 +220,17 @@ def read_log(path: Path) -> list[dict[str, Any]]:
     with open(path, newline="", encoding="utf-8") as handle:
         for raw in csv.DictReader(handle):
             try:
-                rows.append({
+                row = {
                     "step": int(raw["step"]),
                     "loss": float(raw["loss"]),
                     "lr": float(raw["lr"]),
-                    "val_acc": float(raw["val_acc"]) if raw["val_acc"] else None,
                     "elapsed": float(raw["elapsed"]),
-                })
+                }
+                for name in OPTIONAL_LOG_COLUMNS:  # logs of older versions lack some columns
+                    row[name] = float(raw[name]) if raw.get(name) else None
             except (KeyError, TypeError, ValueError):
                 continue
+            rows.append(row)
     return rows
 
 

@@ -1,9 +1,10 @@
 """The ablation's variants of the outer loss, all distilled by the one pipeline.
 
 Most variants are ``DistillConfig`` settings of the ISA loss (epsilon, discard). The others
-replace the loss itself through the hooks of ``isa_distill.distill.distill``:
+replace the loss itself through the hooks of ``isa_distill.distill.distill`` (``settings`` is
+the step's ``isa_distill.step.LossSettings``):
 
-    loss_fn(support_features, support_labels, target_features, target_labels, *, config,
+    loss_fn(support_features, support_labels, target_features, target_labels, *, settings,
             generator) -> scalar tensor         used in place of the isa_krr_loss call
     target_transform(images, labels, generator) -> (images, labels)
                                                 applied to the target batch (labels centred
@@ -42,41 +43,41 @@ class Variant:
 # ----------------------------------------------------------------------------- hooked losses
 
 
-def plain_losses(fs, ys, ft, yt, config) -> torch.Tensor:
+def plain_losses(fs, ys, ft, yt, settings) -> torch.Tensor:
     """Per-target FRePo loss l_i = 1/2 ||P_i - Y_i||^2 (epsilon 0, discard 0), differentiable."""
-    return isa_krr_loss(fs, ys, ft, yt, epsilon=0.0, discard=0.0, reg=config.reg,
+    return isa_krr_loss(fs, ys, ft, yt, epsilon=0.0, discard=0.0, reg=settings.reg,
                         reduction="none")
 
 
 def keep_easiest_loss(fraction: float) -> Callable[..., torch.Tensor]:
     """Drop the HARDEST ``fraction``: mean of l_i over the floor((1 - fraction) N) smallest."""
 
-    def loss(fs, ys, ft, yt, *, config, generator):
-        per_target = plain_losses(fs, ys, ft, yt, config)
+    def loss(fs, ys, ft, yt, *, settings, generator):
+        per_target = plain_losses(fs, ys, ft, yt, settings)
         n_keep = len(per_target) - int(fraction * len(per_target))
         return per_target.topk(n_keep, largest=False).values.mean()
 
     return loss
 
 
-def feature_mixup_loss(fs, ys, ft, yt, *, config, generator):
+def feature_mixup_loss(fs, ys, ft, yt, *, settings, generator):
     """One alpha ~ U(0, 1) per step: every target moves to z_i + alpha (z_j - z_i) (labels
     alike), j its cosine-nearest peer; the FRePo loss of the mixed batch. A single-sample
     estimate of the ISA integral with epsilon 1 and no discard."""
     _, info = isa_krr_loss(fs.detach(), ys.detach(), ft, yt, epsilon=1.0, discard=0.0,
-                           reg=config.reg, return_info=True)
+                           reg=settings.reg, return_info=True)
     alpha = float(torch.rand((), generator=generator))
     mixed_ft = ft + alpha * (ft[info.partner] - ft)
     mixed_yt = yt + alpha * (yt[info.partner] - yt)
-    return plain_losses(fs, ys, mixed_ft, mixed_yt, config).mean()
+    return plain_losses(fs, ys, mixed_ft, mixed_yt, settings).mean()
 
 
 def monte_carlo_loss(samples: int) -> Callable[..., torch.Tensor]:
     """The ISA integral (epsilon 1, discard 0.2) estimated with ``samples`` mixing weights."""
 
-    def loss(fs, ys, ft, yt, *, config, generator):
+    def loss(fs, ys, ft, yt, *, settings, generator):
         return monte_carlo_isa_loss(fs, ys, ft, yt, samples=samples, epsilon=1.0, discard=0.2,
-                                    reg=config.reg, generator=generator)
+                                    reg=settings.reg, generator=generator)
 
     return loss
 
