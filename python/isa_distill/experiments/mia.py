@@ -291,6 +291,9 @@ def _plot(curve: list[dict]):
             axis.plot([r["epochs"] for r in points], [r[f"{attacker}_auc"] for r in points],
                       marker="o", label=source)
         axis.set_xscale("log")
+        epochs = sorted({r["epochs"] for r in curve})
+        axis.set_xticks(epochs, [str(e) for e in epochs])
+        axis.minorticks_off()  # the default log minor labels overlap between the budgets
         axis.set_ylim(min(0.4, lowest - 0.02), 1.02)
         axis.axhline(0.5, color="gray", linewidth=0.8, linestyle="--")
         axis.set_xlabel("training epochs of the target model")
