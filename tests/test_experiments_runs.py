@@ -86,17 +86,32 @@ def test_continual_reports_every_step_and_memory_grows(tmp_path):
         run_continual(tiny(), tmp_path, num_steps=10)
 
 
-def test_mia_reports_every_attacker_with_auc_in_range(tmp_path):
-    rows = run_mia(tiny(seeds=(0,), eval_steps=6), tmp_path, members=40, budgets=2)
+def test_mia_attacks_a_target_that_fits_its_members_and_reports_every_attacker(tmp_path):
+    settings = tiny(seeds=(0,), ipc=2)
+    rows = run_mia(settings, tmp_path, members=100, budgets=2, target_epochs=400)
     assert_outputs(tmp_path, "curve.md", "curve.csv")
     assert {(r["source"], r["attacker"]) for r in rows} == {
         (s, a) for s in ("real", "random subset", "distilled") for a in ATTACKERS}
     for row in rows:
         assert 0.0 <= row["attack_auc"] <= 1.0 and 0.0 <= row["attack_acc"] <= 1.0
+    sizes = {r["source"]: r["members"] for r in rows}
+    assert sizes == {"real": 100, "random subset": 20, "distilled": 100}
+    real = {r["attacker"]: r for r in rows if r["source"] == "real"}
+    assert real["threshold"]["member_acc"] == 1.0
+    assert real["threshold"]["attack_auc"] > 0.8  # the old 300 augmented steps gave ~0.5
     curve = read_csv(tmp_path / "curve.csv")
-    assert [int(r["steps"]) for r in curve] == [3, 6] * 3
-    with pytest.raises(ValueError, match="non-members"):
-        run_mia(tiny(seeds=(0,)), tmp_path, members=1200)
+    assert [int(r["epochs"]) for r in curve] == [200, 400] * 3
+    assert [int(r["steps"]) for r in curve[:2]] == [200, 400]  # 100 images, batch 100
+
+
+@pytest.mark.parametrize("overrides, kwargs, message", [
+    ({}, dict(members=1200), "non-members of every class"),
+    ({"ipc": 1}, {}, "ipc must lie in"),
+    ({}, dict(target_epochs=0), "target_epochs must be a positive int"),
+])
+def test_mia_rejects_bad_arguments_by_name(overrides, kwargs, message, tmp_path):
+    with pytest.raises(ValueError, match=message):
+        run_mia(tiny(seeds=(0,), **{"ipc": 2, **overrides}), tmp_path, **kwargs)
 
 
 def test_cross_arch_evaluates_a_run_dir_on_the_chosen_architectures(tmp_path):
@@ -119,6 +134,7 @@ def test_cross_arch_evaluates_a_run_dir_on_the_chosen_architectures(tmp_path):
     (["continual", "--num-steps", "3"], "num_steps must divide"),
     (["cross-arch", "does-not-exist"], "not a run directory"),
     (["mia", "--threads", "0"], "--threads must be >= 1"),
+    (["mia", "--target-epochs", "0"], "target_epochs must be a positive int"),
 ])
 def test_cli_turns_bad_arguments_into_one_line_and_status_2(argv, message, capsys, tmp_path):
     assert cli.main([*argv, "--out", str(tmp_path / "out"), "--quiet"]) == 2

@@ -8,10 +8,19 @@ import numpy as np
 import pytest
 import torch
 
+from isa_distill.data import Split, load_dataset
+from isa_distill.data.preprocess import Preprocessor
 from isa_distill.evaluate import centred_one_hot
+from isa_distill.evaluate import test_accuracy as accuracy_on
 from isa_distill.experiments.continual import herding_indices
 from isa_distill.experiments.knn_manifold import knn_radii, manifold_metrics
-from isa_distill.experiments.mia import attack
+from isa_distill.experiments.mia import (
+    Target,
+    attack,
+    attack_target,
+    attacker_split,
+    draw_candidates,
+)
 from isa_distill.experiments.settings import experiment_settings
 from isa_distill.experiments.stats import paired_difference
 from isa_distill.experiments.variants import (
@@ -91,15 +100,95 @@ def test_herding_picks_the_point_nearest_the_mean_first_and_never_repeats():
         herding_indices(points, 31)
 
 
+def _candidates(per_class=50, classes=10):
+    """Labels and membership of a class-balanced candidate pool (members first per class)."""
+    labels = np.repeat(np.arange(classes), 2 * per_class)
+    member = np.tile(np.r_[np.ones(per_class), np.zeros(per_class)], classes)
+    return member, labels
+
+
 def test_attack_separates_separable_members_and_stays_in_range_on_noise():
     rng = np.random.default_rng(0)
-    member = np.r_[np.ones(100), np.zeros(100)]
+    member, labels = _candidates(10)
     loss = np.where(member == 1, 0.0, 1.0) + 0.01 * rng.standard_normal(200)
-    separable = attack(np.c_[loss, rng.standard_normal((200, 3))], member)
+    separable = attack(np.c_[loss, rng.standard_normal((200, 3))], member, labels)
     assert separable["threshold"][1] > 0.99 and separable["logistic"][1] > 0.99
-    noise = attack(rng.standard_normal((200, 4)), member)
+    noise = attack(rng.standard_normal((200, 4)), member, labels)
     for accuracy, auc in noise.values():
         assert 0.0 <= accuracy <= 1.0 and 0.0 <= auc <= 1.0
+    with pytest.raises(ValueError, match="member must hold only 0"):
+        attack(rng.standard_normal((200, 4)), member * 2, labels)
+    with pytest.raises(ValueError, match="features must be"):
+        attack(rng.standard_normal((199, 4)), member, labels)
+
+
+def test_attacker_split_halves_every_class_and_membership_cell():
+    member, labels = _candidates(7, classes=3)
+    train, test = attacker_split(member, labels, seed=1)
+    assert sorted(np.r_[train, test].tolist()) == list(range(len(member)))
+    for side, size in ((train, 3), (test, 4)):  # the odd row of a cell goes to test
+        for label in range(3):
+            for is_member in (0, 1):
+                cell = (labels[side] == label) & (member[side] == is_member)
+                assert cell.sum() == size
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_label_only_features_give_every_attacker_exactly_chance(seed):
+    # A class-dependent loss and the label carry no membership: with members and non-members
+    # balanced in each class of attacker-test, any score that is a function of the class gives
+    # AUC 0.5. Stratifying on membership alone gave 0.45-0.47 here (the halves mirror).
+    member, labels = _candidates()
+    onehot = centred_one_hot(torch.as_tensor(labels), 10).numpy()
+    features = np.c_[0.1 * labels + 0.3, onehot]
+    for name, (_, auc) in attack(features, member, labels, seed).items():
+        assert auc == pytest.approx(0.5, abs=1e-9), name
+
+
+def test_attack_on_never_seen_identically_distributed_candidates_is_near_chance():
+    # Features of a model that saw neither group: class-dependent, membership-free.
+    member, labels = _candidates()
+    onehot = centred_one_hot(torch.as_tensor(labels), 10).numpy()
+    aucs = []
+    for seed in range(4):
+        rng = np.random.default_rng(seed)
+        predictions = 0.6 * onehot + 0.3 * rng.standard_normal(onehot.shape)
+        loss = 0.5 * np.square(predictions - onehot).sum(1)
+        aucs.append(attack(np.c_[loss, predictions, onehot], member, labels, seed))
+    for name in aucs[0]:
+        mean = np.mean([run[name][1] for run in aucs])
+        assert abs(mean - 0.5) < 0.04, (name, mean)  # sd of the mean of 4 runs: about 0.013
+
+
+def test_draw_candidates_is_disjoint_balanced_and_never_touches_val_or_test():
+    data = load_dataset("digits")
+    members, others = draw_candidates(data.train, 500, data.num_classes, seed=3)
+    assert torch.bincount(members.labels).tolist() == [50] * 10
+    assert torch.bincount(others.labels).tolist() == [50] * 10
+    seen = {row.numpy().tobytes() for row in members.images.flatten(1)}
+    assert len(seen) == 500
+    for split in (others, data.val, data.test):
+        assert not seen & {row.numpy().tobytes() for row in split.images.flatten(1)}
+    train = {row.numpy().tobytes() for row in data.train.images.flatten(1)}
+    assert {row.numpy().tobytes() for row in others.images.flatten(1)} <= train
+    with pytest.raises(ValueError, match="non-members of every class"):
+        draw_candidates(data.train, 1200, data.num_classes)
+    with pytest.raises(ValueError, match="members must be an int >= 2 \\* classes = 20"):
+        draw_candidates(data.train, 10, data.num_classes)
+
+
+@pytest.mark.usefixtures("single_thread")
+def test_a_target_that_memorises_its_members_is_attackable_by_every_attacker():
+    data = load_dataset("digits")
+    members, others = draw_candidates(data.train, 100, data.num_classes)
+    prep = Preprocessor.fit(members.images, zca=False)
+    members, others = (Split(prep.transform(s.images), s.labels) for s in (members, others))
+    settings = experiment_settings("cpu", seeds=(0,))
+    target = Target(members.images, members.labels, members, others)
+    model, results = attack_target(target, 10, 600, settings, 0, augment=False)
+    assert accuracy_on(model, members) == 1.0  # it fits its members
+    for name, (_, auc) in results.items():
+        assert auc > 0.8, name  # measured 0.90 (k-NN) to 0.99 (threshold)
 
 
 def test_keep_easiest_loss_is_the_mean_of_the_smallest_plain_losses():

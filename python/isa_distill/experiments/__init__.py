@@ -8,7 +8,7 @@ an output directory, and writes ``table.md``, ``table.csv`` and ``plot.png`` the
     diversity   k-NN precision / recall / coverage of real samples by each distilled set
     cross-arch  one distilled run evaluated on six architectures (Table 2)
     continual   class-incremental GDumb-style memories (Figure 4)
-    mia         membership inference attacks (Table 5) and AUC vs training budget
+    mia         membership inference attacks (Table 5) and AUC vs target training epochs
 """
 
 from .settings import ExperimentSettings, experiment_settings

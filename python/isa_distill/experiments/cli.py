@@ -109,7 +109,9 @@ def _mia(args):
 
     settings = _settings(args)
     out = _out_dir(args, settings)
-    run_mia(settings, out, members=args.members, budgets=args.budgets)
+    epochs = {} if args.target_epochs is None else {"target_epochs": args.target_epochs}
+    run_mia(settings, out, members=args.members, budgets=args.budgets,
+            target_augment=args.target_augment, **epochs)
     return out
 
 
@@ -176,9 +178,15 @@ def add_subcommands(subparsers) -> None:
 
     mia = subparsers.add_parser("mia", help="membership inference attacks")
     _common(mia)
-    mia.add_argument("--members", type=int, default=500, help="member images (default: 500)")
+    mia.add_argument("--members", type=int, default=500,
+                     help="member images, as many non-members (default: 500)")
+    mia.add_argument("--target-epochs", type=int,
+                     help="passes of each target model over its own training set; "
+                     "--eval-steps/--eval-models do not apply (default: 1000)")
+    mia.add_argument("--target-augment", action="store_true",
+                     help="train the target models with the protocol's augmentation")
     mia.add_argument("--budgets", type=int, default=4,
-                     help="training budgets on the AUC curve (halving; default: 4)")
+                     help="epoch budgets on the AUC curve (halving; default: 4)")
     mia.set_defaults(handler=_handler(_mia))
 
 
