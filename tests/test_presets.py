@@ -13,8 +13,14 @@ def test_paper_preset_matches_the_protocol():
     assert (config.width, config.depth, config.batch_size, config.steps) == (128, 3, 1024, 500_000)
     assert (config.optimizer, config.peak_lr, config.lr_final_fraction) == ("lamb", 3e-4, 0.1)
     assert (config.pool_size, config.max_online_updates, config.online_lr) == (10, 100, 3e-4)
-    assert (config.epsilon, config.discard, config.partner) == (1.0, 0.2, "nearest")
     assert config.norm == "batch" and config.device == "cuda"
+
+
+def test_paper_preset_computes_the_loss_of_the_public_code():
+    # Away from the partner (epsilon < 0) with the mean over classes: what produced Table 1.
+    config = preset_config("cifar10", "paper", ipc=10)
+    assert (config.epsilon, config.discard, config.partner) == (-1.0, 0.2, "nearest")
+    assert config.class_reduction == "mean"
 
 
 @pytest.mark.parametrize("dataset", KNOWN_DATASETS)

@@ -124,19 +124,18 @@ def forbid_host_reads():
 
 
 class StepFixture:
-    """Everything one outer step needs, built like the loop builds it."""
+    """Everything one outer step needs, built like the loop builds it, on ``config.device``."""
 
     def __init__(self, data, config, *, compile=False):
-        # A compiled step is one fullgraph graph (no host reads by construction), and compiling
-        # reads values itself: the read detector watches eager steps only.
-        self.watch_reads = not compile
+        self.device = torch.device(config.device)
         generators = make_generators(config.seed)
         preprocessor = Preprocessor.fit(data.train.images, zca=False)
-        self.train = preprocessed(data.train, preprocessor, "cpu")
+        self.train = preprocessed(data.train, preprocessor, self.device)
         self.targets = centred_one_hot(self.train.labels, data.num_classes)
         init = class_balanced_subset(data.train, config.ipc, generators["data"])
-        self.images = preprocessor.transform(init.images).requires_grad_(True)
-        self.labels = initial_support_labels(init.labels, data.num_classes).requires_grad_(True)
+        self.images = preprocessor.transform(init.images).to(self.device).requires_grad_(True)
+        self.labels = initial_support_labels(init.labels, data.num_classes).to(self.device)
+        self.labels.requires_grad_(True)
         self.optimizer = make_optimizer([self.images, self.labels], config)
         self.member = new_pool_member(config, data, generators["pool"])
         self.step = OuterStep(config.loss_settings(data.num_classes, False), compile=compile)
@@ -144,12 +143,12 @@ class StepFixture:
         self.config = config
 
     def __call__(self):
-        rows = draw_rows(len(self.train), self.config.batch_size, self.generators["data"], CPU)
-        own = draw_rows(len(self.images), self.config.online_batch, self.generators["pool"], CPU)
-        images, targets = self.train.images[rows], self.targets[rows]
-        with forbid_host_reads() if self.watch_reads else contextlib.nullcontext():
-            return self.step(self.member.model, self.member.optimizer, self.images, self.labels,
-                             self.optimizer, images, targets, own)
+        rows = draw_rows(len(self.train), self.config.batch_size, self.generators["data"],
+                         self.device)
+        own = draw_rows(len(self.images), self.config.online_batch, self.generators["pool"],
+                        self.device)
+        return self.step(self.member.model, self.member.optimizer, self.images, self.labels,
+                         self.optimizer, self.train.images[rows], self.targets[rows], own)
 
 
 def test_the_read_detector_catches_a_read():
@@ -163,7 +162,8 @@ def test_a_step_reads_no_tensor_value_on_the_host(tiny_digits, optimizer):
     fixture = StepFixture(tiny_digits, tiny_config(backend="torch", optimizer=optimizer))
     before = fixture.images.detach().clone()
     for _ in range(2):
-        result = fixture()
+        with forbid_host_reads():
+            result = fixture()
     assert not torch.equal(before, fixture.images.detach())
     assert int(result.status) == 0 and result.kernel_loss.requires_grad is False
 

@@ -19,7 +19,6 @@ from . import checks as _checks
 from .autograd import LOSS_ARGUMENTS, PREDICT_ARGUMENTS, isa_krr_forward, krr_predict_forward
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
-_EMPTY_INDEX = torch.empty(0, dtype=torch.int64)
 
 
 @dataclass(frozen=True)
@@ -89,7 +88,7 @@ def _partner_arguments(
         return "offsets", offsets.to(device)
     # "nearest", or "random" with a single kept target (only valid with epsilon = 0, where the
     # partner does not matter): the nearest search then pairs the target with itself.
-    return "nearest", _EMPTY_INDEX.to(device)
+    return "nearest", torch.empty(0, dtype=torch.int64, device=device)
 
 
 def isa_krr_loss(
