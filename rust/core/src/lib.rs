@@ -1,7 +1,7 @@
 //! CPU kernels of isa-distill: kernel ridge regression (KRR) on a support set and the ISA loss
 //! (Infinite Semantic Augmentation) of a batch of targets, with analytic backward passes.
 //!
-//! The mathematics is the contract in `shared/spec/isa_krr_loss.md`; the split into a forward
+//! The mathematics is the contract in `docs/loss.md`; the split into a forward
 //! (returning what the backward needs) and a backward follows `docs/design.md`.
 //!
 //! # Conventions

@@ -1,5 +1,5 @@
 //! Shared test helpers: a seeded generator, random problems, and a naive f64 reference of the
-//! contract written straight from `shared/spec/isa_krr_loss.md` (dense loops, Gauss-Jordan).
+//! contract written straight from `docs/loss.md` (dense loops, Gauss-Jordan).
 #![allow(dead_code)]
 
 use isa_core::{MatView, Partners};

@@ -1,0 +1,42 @@
+"""The shipped docs stand alone: no pointer outside the project, no broken relative link."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHIPPED = [
+    ROOT / "README.md",
+    ROOT / "pyproject.toml",
+    ROOT / "Cargo.toml",
+    *sorted((ROOT / "docs").rglob("*.md")),
+    *sorted((ROOT / "python").rglob("*.py")),
+    *sorted((ROOT / "python").rglob("*.pyi")),
+    *sorted((ROOT / "rust").rglob("*.rs")),
+    *sorted((ROOT / "examples").rglob("*.py")),
+]
+MARKDOWN = [path for path in SHIPPED if path.suffix == ".md"]
+LINK = re.compile(r"\]\(([^)#\s]+)(?:#[^)]*)?\)")
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: str(p.relative_to(ROOT)))
+def test_nothing_shipped_points_at_the_team_folder(path):
+    # Users get the package, its README and docs/; the team's shared folder is not theirs.
+    assert "shared/" not in path.read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("path", MARKDOWN, ids=lambda p: str(p.relative_to(ROOT)))
+def test_relative_links_resolve(path):
+    for target in LINK.findall(path.read_text(encoding="utf-8")):
+        if "://" in target:
+            continue
+        assert (path.parent / target).exists(), f"{path.name} links to missing {target}"
+
+
+def test_the_contract_and_the_recipe_are_in_the_docs():
+    assert (ROOT / "docs" / "loss.md").is_file() and (ROOT / "docs" / "protocol.md").is_file()
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert "docs/loss.md" in readme and "docs/protocol.md" in readme
