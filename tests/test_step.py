@@ -239,3 +239,12 @@ def test_a_pool_model_is_built_on_the_run_device_without_touching_the_global_rng
     assert torch.equal(torch.random.get_rng_state(), state)
     for a, b in zip(model.parameters(), again.parameters()):
         assert torch.equal(a, b) and a.device.type == "cpu"
+
+
+def test_channels_last_changes_the_layout_not_the_result(tiny_digits):
+    plain = distill(tiny_digits, tiny_config(steps=3), progress=False)
+    nhwc = distill(tiny_digits, tiny_config(steps=3, channels_last=True), progress=False)
+    model = distill_module.new_pool_model(tiny_config(channels_last=True), tiny_digits, seed=1)
+    weight = next(p for p in model.parameters() if p.ndim == 4)
+    assert weight.is_contiguous(memory_format=torch.channels_last)
+    assert relative_difference(nhwc.images, plain.images) < 1e-4

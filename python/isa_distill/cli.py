@@ -64,6 +64,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: the preset's)")
     run.add_argument("--autocast", action=argparse.BooleanOptionalAction, default=None,
                      help="bfloat16 feature extraction on CUDA")
+    run.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                     help="NHWC memory layout for the pool models and target images (default: "
+                     "off)")
     run.add_argument("--class-reduction", choices=("half_sum", "mean"),
                      help="per-target ISA loss: 1/2 sum over classes (paper's Eq. 5) or mean "
                      "over classes (the paper's public code; default: the preset's)")
@@ -175,7 +178,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
             seed=args.seed, backend=args.backend, device=args.device, autocast=args.autocast,
             checkpoint_every=args.checkpoint_every, eval_steps=args.eval_steps,
             class_reduction=args.class_reduction, compile=args.compile,
-            compile_mode=args.compile_mode,
+            compile_mode=args.compile_mode, channels_last=args.channels_last,
         )
         _check_device(config.device)
         data = _load_data(args.dataset, args.data_root, config.seed)

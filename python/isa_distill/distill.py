@@ -84,6 +84,7 @@ class DistillConfig:
     seed: int = 0
     device: str = "cpu"
     autocast: bool = False  # bfloat16 feature extraction on CUDA
+    channels_last: bool = False  # NHWC pool models and target images (cuDNN's native layout)
     compile: bool = False  # torch.compile the step's forward computations (isa_distill.step)
     compile_mode: str = "default"  # torch.compile mode, e.g. "reduce-overhead" (CUDA graphs)
     log_every: int = 100  # CSV rows and progress-bar updates
@@ -270,7 +271,7 @@ def new_pool_model(config: DistillConfig, data: DatasetSplits, seed: int) -> tor
     device = torch.device(config.device)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), device:
         torch.manual_seed(seed)
-        return build_model(
+        model = build_model(
             config.arch,
             in_channels=data.channels,
             num_classes=data.num_classes,
@@ -279,6 +280,7 @@ def new_pool_model(config: DistillConfig, data: DatasetSplits, seed: int) -> tor
             depth=config.depth,
             norm=config.norm,
         )
+    return model.to(memory_format=torch.channels_last) if config.channels_last else model
 
 
 def draw_seed(generator: torch.Generator) -> int:
@@ -347,8 +349,13 @@ def validation_accuracy(
     return float(result.mean)
 
 
-def preprocessed(split: Split, preprocessor: Preprocessor, device: str) -> Split:
-    return Split(preprocessor.transform(split.images).to(device), split.labels.to(device))
+def preprocessed(
+    split: Split, preprocessor: Preprocessor, device: str, channels_last: bool = False
+) -> Split:
+    images = preprocessor.transform(split.images).to(device)
+    if channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    return Split(images, split.labels.to(device))
 
 
 class LossWindow:
@@ -480,7 +487,7 @@ def distill(
                         mode=config.compile_mode, loss_fn=loss_fn,
                         target_transform=target_transform)
     preprocessor = Preprocessor.fit(data.train.images, zca=resolved_zca(config, data.name))
-    train = preprocessed(data.train, preprocessor, device)
+    train = preprocessed(data.train, preprocessor, device, config.channels_last)
     train_targets = centred_one_hot(train.labels, num_classes)
     val = preprocessed(data.val, preprocessor, device)
     batch_size = min(config.batch_size, len(train))
