@@ -29,6 +29,9 @@ RIDGE_RETRIES = 3
 NEAREST_TIE_TOL = 1e-12
 """Cosine similarities (in [-1, 1], computed in float64) this close to the best are ties."""
 
+PARTNER_PANEL_ELEMENTS = 1 << 22
+"""Similarities held at once by the partner search (32 MiB of float64)."""
+
 
 # --------------------------------------------------------------------------------------------
 # krr part (mirrors krr.rs)
@@ -169,23 +172,39 @@ def keep_hardest(plain: Tensor, discard: float) -> Tensor:
     return torch.sort(order[:n_keep]).values
 
 
-def nearest_partners(f_t: Tensor, kept: Tensor) -> Tensor:
-    """For each kept i, the other kept target of largest cosine similarity; ties: lowest index.
+def unit_rows(features: Tensor) -> Tensor:
+    """The rows scaled to unit length in float64, without under- or overflow (zero rows stay
+    zero): divide by the largest magnitude first, then by the norm."""
+    unit = features.to(torch.float64, copy=True)  # the one n x d float64 buffer, scaled in place
+    largest = unit.abs().amax(dim=1, keepdim=True)
+    unit.div_(torch.where(largest > 0, largest, 1))
+    norms = torch.linalg.vector_norm(unit, dim=1, keepdim=True)
+    return unit.div_(torch.where(norms > 0, norms, 1))
 
-    Similarities are computed in float64 and values within ``NEAREST_TIE_TOL`` of a row's
-    maximum count as ties: blocked matrix products round duplicate columns differently, and
-    duplicated targets must still resolve to the lowest index. A zero feature vector has cosine
-    similarity 0 with everything (its unit vector is 0).
+
+def nearest_partners(f_t: Tensor, kept: Tensor) -> Tensor:
+    """For each kept i, the other kept target of largest cosine similarity (the rule of
+    ``partners.rs``): float64 similarities of rows scaled to unit length, values within
+    ``NEAREST_TIE_TOL`` of a row's best are ties and the lowest index wins, and a zero vector
+    has similarity 0 with everything.
+
+    The similarities are computed in panels of rows, so memory grows with
+    ``PARTNER_PANEL_ELEMENTS``, not with n_keep^2.
     """
-    feats = f_t[kept].to(torch.float64)
-    norms = torch.linalg.vector_norm(feats, dim=1, keepdim=True)
-    unit = torch.where(norms > 0, feats / torch.where(norms > 0, norms, 1), 0)
-    similarity = unit @ unit.T
-    similarity.fill_diagonal_(-math.inf)
-    best = similarity.max(dim=1, keepdim=True).values
-    is_tie = (similarity >= best - NEAREST_TIE_TOL).to(torch.uint8)
-    # argmax returns the first maximum; kept is ascending, so that is the lowest index.
-    return kept[is_tie.argmax(dim=1)]
+    unit = unit_rows(f_t[kept])
+    n = unit.shape[0]
+    panel = max(1, min(n, PARTNER_PANEL_ELEMENTS // max(n, 1)))
+    best_columns = []
+    for start in range(0, n, panel):
+        rows = unit[start:start + panel]
+        similarity = rows @ unit.T
+        own = torch.arange(rows.shape[0], device=unit.device)
+        similarity[own, own + start] = -math.inf  # never one's own partner
+        best = similarity.max(dim=1, keepdim=True).values
+        is_tie = (similarity >= best - NEAREST_TIE_TOL).to(torch.uint8)
+        # argmax returns the first maximum; kept is ascending, so that is the lowest index.
+        best_columns.append(is_tie.argmax(dim=1))
+    return kept[torch.cat(best_columns)]
 
 
 def offset_partners(kept: Tensor, offsets: Tensor) -> Tensor:

@@ -42,12 +42,13 @@ def reference_predict(
 
 
 def cosine(u: Tensor, v: Tensor) -> float:
-    """<u, v> / (||u|| ||v||) in float64, and 0 when either vector is zero."""
+    """<u, v> / (||u|| ||v||) in float64, and 0 when either vector is zero. Each vector is
+    divided by its largest magnitude first, so tiny or huge values neither under- nor overflow."""
     u, v = u.detach().to(torch.float64), v.detach().to(torch.float64)
-    norm_u, norm_v = float(u.norm()), float(v.norm())
-    if norm_u == 0 or norm_v == 0:
+    if not u.any() or not v.any():
         return 0.0
-    return float(u @ v) / (norm_u * norm_v)
+    u, v = u / u.abs().max(), v / v.abs().max()
+    return float(u @ v) / (float(u.norm()) * float(v.norm()))
 
 
 def reference_partners(

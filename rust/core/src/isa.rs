@@ -5,11 +5,7 @@
 //!     L_i = 1/2 (||A_i||^2 + eps <A_i, B_i> + eps^2 / 3 ||B_i||^2),
 //! the mean of 1/2 ||A_i + a B_i||^2 over a in [0, eps].
 
-use std::cmp::Ordering;
-
-use crate::krr::gram;
 use crate::matrix::{Float, MatView, RowMajor};
-use crate::scratch;
 
 /// l_i = 1/2 ||A_i||^2 for every target.
 pub(crate) fn plain_losses<T: Float>(residual: MatView<'_, T>) -> Vec<T> {
@@ -31,51 +27,6 @@ pub(crate) fn keep_hardest<T: Float>(plain: &[T], n_keep: usize) -> Vec<usize> {
     order.truncate(n_keep);
     order.sort_unstable();
     order
-}
-
-/// Partner of each kept target: the other kept target with the largest cosine similarity of
-/// target features (lowest index on ties; a zero vector has similarity 0 with everything).
-/// With a single kept target its partner is itself (only allowed when epsilon = 0).
-///
-/// Cost: one symmetric (n_keep x d) x (d x n_keep) product (lower triangle only), the dominant
-/// one of the whole op.
-pub(crate) fn nearest_partners<T: Float>(features: MatView<'_, T>, kept: &[usize]) -> Vec<usize> {
-    let d = features.cols();
-    let mut data = scratch::buffer(kept.len() * d);
-    for &i in kept {
-        data.extend_from_slice(features.row(i));
-    }
-    let gathered = RowMajor {
-        data,
-        rows: kept.len(),
-        cols: d,
-    };
-    let gram = gram(gathered.faer());
-    scratch::recycle(gathered.data);
-    let n = kept.len();
-    let norms: Vec<f64> = (0..n)
-        .map(|r| gram.data[r * n + r].to_f64().sqrt())
-        .collect();
-    let cosine = |r: usize, c: usize| {
-        if norms[r] > 0.0 && norms[c] > 0.0 {
-            gram.data[r * n + c].to_f64() / (norms[r] * norms[c])
-        } else {
-            0.0
-        }
-    };
-    (0..n)
-        .map(|r| {
-            let mut best: Option<(usize, f64)> = None;
-            for c in (0..n).filter(|&c| c != r) {
-                let sim = cosine(r, c);
-                // Strictly greater: among equal similarities the lowest index wins.
-                if best.is_none_or(|(_, top)| sim.partial_cmp(&top) == Some(Ordering::Greater)) {
-                    best = Some((c, sim));
-                }
-            }
-            kept[best.map_or(r, |(c, _)| c)]
-        })
-        .collect()
 }
 
 /// Partner of kept[r] is kept[(r + offsets[r]) % n_keep] (offsets already validated).

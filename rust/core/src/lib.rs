@@ -21,6 +21,7 @@ mod isa;
 mod krr;
 mod matrix;
 mod options;
+pub mod partners;
 pub mod scratch;
 mod validate;
 
@@ -224,7 +225,7 @@ pub fn isa_krr_forward<T: Float>(
     let plain = isa::plain_losses(residual.view());
     let kept = isa::keep_hardest(&plain, keep);
     let partner = match partners {
-        Partners::Nearest => isa::nearest_partners(target_features, &kept),
+        Partners::Nearest => partners::nearest_partners(target_features, &kept),
         Partners::Offsets(offsets) => isa::offset_partners(&kept, offsets),
         Partners::Explicit(index) => isa::explicit_partners(&kept, index),
     };

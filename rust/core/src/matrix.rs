@@ -38,6 +38,8 @@ pub trait Float:
 {
     /// The numpy / torch name of the type.
     const NAME: &'static str;
+    /// Unit roundoff u: |fl(x) - x| <= u |x| (2^-24 for f32, 2^-53 for f64).
+    const UNIT_ROUNDOFF: f64;
     /// Rounds an `f64` to this type.
     fn from_f64(value: f64) -> Self;
     /// Widens to `f64` (exact for both types).
@@ -48,6 +50,7 @@ pub trait Float:
 
 impl Float for f32 {
     const NAME: &'static str = "float32";
+    const UNIT_ROUNDOFF: f64 = 5.960_464_477_539_063e-8;
     #[inline(always)]
     fn from_f64(value: f64) -> Self {
         value as f32
@@ -64,6 +67,7 @@ impl Float for f32 {
 
 impl Float for f64 {
     const NAME: &'static str = "float64";
+    const UNIT_ROUNDOFF: f64 = 1.110_223_024_625_156_5e-16;
     #[inline(always)]
     fn from_f64(value: f64) -> Self {
         value
