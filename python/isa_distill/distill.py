@@ -464,9 +464,9 @@ def distill(
         raise ValueError("resume=True needs the run_dir of the run to continue")
     checkpoint = None
     if resume:
-        run = runs.Run.open_for_resume(run_dir, dataset=data.name)
+        run = runs.Run.open_for_resume(run_dir, data)
         config = resumed_config(run.meta, config)
-        checkpoint = run.load_checkpoint()
+        checkpoint = run.load_checkpoint()  # raises when missing or damaged
     else:
         config = DistillConfig() if config is None else config
     config.validate()
