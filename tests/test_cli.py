@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import shutil
+
+import numpy as np
 import pytest
+import torch
+from PIL import Image
 
 from isa_distill.cli import main
 from isa_distill.runs import CHECKPOINT, DISTILLED, META
@@ -148,3 +154,147 @@ def test_info_runs(capsys):
     assert main(["info"]) == 0
     out = capsys.readouterr().out
     assert "torch" in out and "digits" in out
+
+
+# ----------------------------------------------------------------------------- resume and damage
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """A 2-step digits run at IPC 1 with the tiny flags (copied per test by ``run_copy``)."""
+    run_dir = tmp_path_factory.mktemp("cli") / "run"
+    assert main(["distill", "--ipc", "1", "--steps", "2", "--run-dir", str(run_dir), *TINY,
+                 "--no-eval"]) == 0  # fmt: skip
+    return run_dir
+
+
+@pytest.fixture
+def run_copy(finished_run, tmp_path, capsys):
+    copy = tmp_path / "run"
+    shutil.copytree(finished_run, copy)
+    capsys.readouterr()
+    return copy
+
+
+def resume(run_dir, *flags) -> int:
+    return main(["distill", "--resume", "--run-dir", str(run_dir), "--no-eval", "--quiet", *flags])
+
+
+def test_resume_refuses_changed_flags_naming_them(capsys, run_copy):
+    meta = (run_copy / META).read_bytes()
+    assert resume(run_copy, "--dataset", "cifar10", "--epsilon", "0.5", "--width", "16") == 2
+    line = error_line(capsys)
+    assert "cannot resume" in line
+    for flag in ("--dataset cifar10 (the run has digits)", "--epsilon 0.5 (the run has 1.0)",
+                 "--width 16 (the run has 8)"):  # fmt: skip
+        assert flag in line, flag
+    assert "--steps" in line and "meta.json" in line  # what may change, where the settings are
+    assert (run_copy / META).read_bytes() == meta
+
+    assert resume(run_copy, "--preset", "paper") == 2
+    assert "--preset paper (sets batch_size 1024 where the run has 32" in error_line(capsys)
+    assert resume(run_copy, "--flip", "--lr", "0.1") == 2
+    line = error_line(capsys)
+    assert "--flip (the run has --no-flip, the dataset's default)" in line
+    assert "--lr 0.1 (the run has 0.0003, the lamb default)" in line
+
+
+def test_resume_accepts_the_original_flags_and_the_ones_that_may_change(capsys, run_copy):
+    # The whole original command again, with --resume: nothing changes.
+    assert main(["distill", "--resume", "--ipc", "1", "--steps", "2", "--run-dir", str(run_copy),
+                 "--dataset", "digits", "--preset", "cpu", "--no-flip", "--no-zca", *TINY,
+                 "--no-eval"]) == 0  # fmt: skip
+    assert "distilled 2 steps" in capsys.readouterr().out
+    assert resume(run_copy, "--steps", "3", "--device", "cpu", "--checkpoint-every", "5",
+                  "--eval-steps", "4") == 0  # fmt: skip
+    meta = json.loads((run_copy / META).read_text())
+    assert meta["steps_done"] == 3
+    assert (meta["config"]["steps"], meta["config"]["lr_schedule_steps"]) == (3, 2)
+    assert (meta["config"]["checkpoint_every"], meta["config"]["eval_steps"]) == (5, 4)
+    assert resume(run_copy, "--steps", "2") == 2
+    assert "--steps 2 is fewer than the 3 steps" in error_line(capsys)
+
+
+def test_resume_of_a_run_without_a_checkpoint_says_so(capsys, run_copy):
+    (run_copy / CHECKPOINT).unlink()
+    meta = json.loads((run_copy / META).read_text())
+    meta.update(sha256={}, sha256_pending={})  # as a run killed before its first checkpoint
+    (run_copy / META).write_text(json.dumps(meta))
+    assert resume(run_copy) == 2
+    line = error_line(capsys)
+    assert "no checkpoint.pt" in line and "nothing to resume" in line and "delete" in line
+    assert not (run_copy / CHECKPOINT).exists()
+
+
+def flip_a_byte_of(path, tensor: torch.Tensor) -> None:
+    data = bytearray(path.read_bytes())
+    start = bytes(data).find(tensor.numpy().tobytes())
+    assert start >= 0
+    data[start + tensor.numel() * tensor.element_size() // 2] ^= 0x10
+    path.write_bytes(bytes(data))
+
+
+def test_damaged_files_are_one_line_errors(capsys, run_copy):
+    from safetensors.torch import load_file
+
+    flip_a_byte_of(run_copy / DISTILLED, load_file(str(run_copy / DISTILLED))["images"])
+    for command in (["evaluate", str(run_copy)], ["show", str(run_copy)]):
+        assert main(command) == 2
+        assert "distilled.safetensors is damaged" in error_line(capsys)
+    checkpoint = torch.load(run_copy / CHECKPOINT, weights_only=True)
+    flip_a_byte_of(run_copy / CHECKPOINT, checkpoint["support_images"])
+    assert resume(run_copy) == 2
+    assert "is damaged" in error_line(capsys)
+
+
+@pytest.mark.parametrize("meta_text", ["[]", "{}", '{"dataset": "digits"'])
+def test_a_broken_meta_json_is_a_one_line_error(capsys, run_copy, meta_text):
+    (run_copy / META).write_text(meta_text)
+    for command in (["evaluate", str(run_copy)], ["show", str(run_copy)],
+                    ["distill", "--resume", "--run-dir", str(run_copy)]):  # fmt: skip
+        assert main(command) == 2
+        assert "meta.json is damaged" in error_line(capsys)
+
+
+def test_a_run_dir_under_a_regular_file_is_a_one_line_error(capsys, tmp_path):
+    (tmp_path / "notes.txt").write_text("x")
+    under = str(tmp_path / "notes.txt" / "run")
+    for command in (["distill", "--run-dir", under, *TINY, "--steps", "1"],
+                    ["distill", "--resume", "--run-dir", under], ["evaluate", under],
+                    ["show", under]):  # fmt: skip
+        assert main(command) == 2
+        assert "notes.txt is a regular file" in error_line(capsys).replace(", on its path,", "")
+
+
+def write_image_folder(folder) -> None:
+    rng = np.random.default_rng(0)
+    for name in ("cat", "dog"):
+        (folder / name).mkdir(parents=True)
+        for i in range(8):
+            pixels = rng.integers(0, 256, (8, 8, 3)).astype(np.uint8)
+            Image.fromarray(pixels, "RGB").save(folder / name / f"{i}.png")
+
+
+def test_the_data_root_is_stored_and_reused(capsys, tmp_path, monkeypatch):
+    monkeypatch.delenv("ISA_DISTILL_DATA", raising=False)
+    pictures, run_dir = tmp_path / "pictures", tmp_path / "run"
+    write_image_folder(pictures)
+    assert main(["distill", "--dataset", "image-folder", "--data-root", str(pictures), "--ipc",
+                 "1", "--steps", "1", "--no-zca", "--run-dir", str(run_dir), *TINY,
+                 "--no-eval"]) == 0  # fmt: skip
+    assert json.loads((run_dir / META).read_text())["data_root"] == str(pictures.resolve())
+    # Resume (extended by a step) and evaluate find the data without --data-root.
+    assert resume(run_dir, "--steps", "2") == 0
+    evaluate = ["evaluate", str(run_dir), "--eval-models", "1", "--eval-steps", "2", "--quiet",
+                "--no-full-data"]  # fmt: skip
+    assert main(evaluate) == 0
+    # --data-root overrides the stored root; a stored root that is gone says what to do.
+    pictures.rename(tmp_path / "moved")
+    assert main(evaluate) == 2
+    line = error_line(capsys)
+    assert "is the data root stored in the run" in line and "--data-root" in line
+    assert main([*evaluate, "--data-root", str(tmp_path / "moved")]) == 0
+    assert resume(run_dir, "--steps", "3", "--data-root", str(tmp_path / "moved")) == 0
+    stored = json.loads((run_dir / META).read_text())
+    assert stored["data_root"] == str((tmp_path / "moved").resolve())
+    assert stored["steps_done"] == 3

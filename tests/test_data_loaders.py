@@ -233,3 +233,16 @@ def test_class_balanced_subset_rejects_ipc_above_smallest_class():
     split = Split(torch.zeros(5, 1, 2, 2), torch.tensor([0, 0, 0, 1, 1]))
     with pytest.raises(ValueError, match="ipc=3 exceeds the smallest class"):
         class_balanced_subset(split, 3, torch.Generator())
+
+
+def test_the_root_to_read_the_data_again_is_recorded(tmp_path, monkeypatch):
+    monkeypatch.delenv("ISA_DISTILL_DATA", raising=False)
+    assert load_dataset("digits").root is None  # bundled: nothing to record
+    write_pngs(tmp_path / "pictures", ["a", "b"], 5)
+    data = load_dataset("image-folder", tmp_path / "pictures", val_size=0)
+    assert data.root == str((tmp_path / "pictures").resolve())
+    make_idx_folder(tmp_path / "home" / "mnist")
+    monkeypatch.setenv("ISA_DISTILL_DATA", str(tmp_path / "home"))
+    assert load_dataset("mnist", val_size=0).root == str((tmp_path / "home").resolve())
+    given = load_dataset("mnist", tmp_path / "home" / "mnist", val_size=0)
+    assert given.root == str((tmp_path / "home" / "mnist").resolve())

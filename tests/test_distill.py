@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 
 import pytest
 import torch
 
 from isa_distill import distill as distill_module
+from isa_distill import runs
 from isa_distill.data import DatasetSplits, class_balanced_subset, load_dataset
 from isa_distill.data.preprocess import Preprocessor
 from isa_distill.distill import (
@@ -24,7 +26,14 @@ from isa_distill.distill import (
 )
 from isa_distill.evaluate import centred_one_hot
 from isa_distill.optim import Lamb
-from isa_distill.runs import CHECKPOINT, RunExistsError, read_log
+from isa_distill.runs import (
+    CHECKPOINT,
+    META,
+    RunDamagedError,
+    RunExistsError,
+    RunNotFoundError,
+    read_log,
+)
 from isa_distill.step import for_features, label_margin_penalty, loss_terms
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -195,11 +204,149 @@ def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(tiny_digits, tm
     assert resumed_log[2]["val_acc"] is not None and resumed_log[1]["val_acc"] is None
 
 
-def test_resume_refuses_a_changed_config(tiny_digits, tmp_path):
+def test_resume_refuses_a_changed_config_naming_every_field(tiny_digits, tmp_path):
     distill(tiny_digits, tiny_config(steps=2), run_dir=tmp_path / "run", progress=False)
-    with pytest.raises(ValueError, match="epsilon"):
-        distill(tiny_digits, tiny_config(steps=2, epsilon=0.5), run_dir=tmp_path / "run",
-                resume=True, progress=False)  # fmt: skip
+    meta = (tmp_path / "run" / META).read_bytes()
+    changed = tiny_config(steps=2, epsilon=0.5, width=16, seed=3)
+    with pytest.raises(ValueError, match=r"epsilon \(the run has 1\.0, given 0\.5\)") as error:
+        distill(tiny_digits, changed, run_dir=tmp_path / "run", resume=True, progress=False)
+    assert "seed (the run has 0, given 3)" in str(error.value)
+    assert "width (the run has 8, given 16)" in str(error.value)
+    assert (tmp_path / "run" / META).read_bytes() == meta
+
+
+def test_resume_accepts_the_settings_that_do_not_change_the_set(tiny_digits, tmp_path,
+                                                                monkeypatch):
+    config = tiny_config(steps=4)
+    whole = distill(tiny_digits, config, run_dir=tmp_path / "whole", progress=False)
+    kill_in_step(monkeypatch, 3)  # the last checkpoint is at step 2
+    with pytest.raises(RuntimeError, match="simulated kill"):
+        distill(tiny_digits, config, run_dir=tmp_path / "run", progress=False)
+    monkeypatch.undo()
+    other = dataclasses.replace(config, checkpoint_every=3, log_every=2, val_every=1, val_steps=2,
+                                eval_steps=7, device="cpu")  # fmt: skip
+    resumed = distill(tiny_digits, other, run_dir=tmp_path / "run", resume=True, progress=False)
+    assert torch.equal(resumed.images, whole.images)
+    assert resumed.config == other
+    assert json.loads((tmp_path / "run" / META).read_text())["config"]["eval_steps"] == 7
+
+
+def test_extending_a_finished_run_continues_at_the_final_lr(tiny_digits, tmp_path):
+    """``steps`` raised on resume: the cosine keeps its original length, the steps added run at
+    lr * lr_final_fraction, and the result is a run started with that schedule."""
+    short = tiny_config(steps=4, checkpoint_every=4)
+    first = distill(tiny_digits, short, run_dir=tmp_path / "run", progress=False)
+    extended = distill(tiny_digits, tiny_config(steps=7, checkpoint_every=4),
+                       run_dir=tmp_path / "run", resume=True, progress=False)
+    reference = distill(tiny_digits, tiny_config(steps=7, lr_schedule_steps=4), progress=False)
+    assert torch.equal(extended.images, reference.images)
+    assert torch.equal(extended.labels, reference.labels)
+    log = read_log(tmp_path / "run" / "log.csv")
+    assert [row["step"] for row in log] == list(range(1, 8))
+    assert [row["loss"] for row in log[:4]] == [row["loss"] for row in first.history]
+    final_lr = short.peak_lr * short.lr_final_fraction
+    assert [row["lr"] for row in log[3:]] == pytest.approx([final_lr] * 4)
+    stored = json.loads((tmp_path / "run" / META).read_text())
+    assert (stored["config"]["steps"], stored["config"]["lr_schedule_steps"]) == (7, 4)
+    assert stored["steps_done"] == 7
+    # Resumed again without a config, the run is the extended one: nothing is left to do.
+    again = distill(tiny_digits, None, run_dir=tmp_path / "run", resume=True, progress=False)
+    assert again.steps_done == 7 and torch.equal(again.images, extended.images)
+
+
+def test_extending_an_interrupted_run_keeps_its_cosine(tiny_digits, tmp_path, monkeypatch):
+    config = tiny_config(steps=6, checkpoint_every=2)
+    kill_in_step(monkeypatch, 4)  # the last checkpoint is at step 2
+    with pytest.raises(RuntimeError, match="simulated kill"):
+        distill(tiny_digits, config, run_dir=tmp_path / "run", progress=False)
+    monkeypatch.undo()
+    extended = distill(tiny_digits, dataclasses.replace(config, steps=9),
+                       run_dir=tmp_path / "run", resume=True, progress=False)
+    reference = distill(tiny_digits, tiny_config(steps=9, lr_schedule_steps=6), progress=False)
+    assert torch.equal(extended.images, reference.images)
+
+
+def test_resume_cannot_go_below_the_steps_done(tiny_digits, tmp_path):
+    distill(tiny_digits, tiny_config(steps=4), run_dir=tmp_path / "run", progress=False)
+    with pytest.raises(ValueError, match=r"steps=3 is fewer than the 4 steps"):
+        distill(tiny_digits, tiny_config(steps=3), run_dir=tmp_path / "run", resume=True,
+                progress=False)  # fmt: skip
+
+
+def flip_byte_inside(path, tensor: torch.Tensor) -> None:
+    """Flip one byte in the middle of ``tensor``'s stored bytes in ``path``."""
+    data = bytearray(path.read_bytes())
+    start = bytes(data).find(tensor.numpy().tobytes())
+    assert start >= 0, "the tensor's bytes are not stored contiguously"
+    data[start + tensor.numel() * tensor.element_size() // 2] ^= 0x10
+    path.write_bytes(bytes(data))
+
+
+def kill_in_step(monkeypatch, step: int) -> None:
+    """Make the ``step``-th outer step (1-based) of the next run raise."""
+    real_step = distill_module.OuterStep.__call__
+    calls = {"n": 0}
+
+    def dying_step(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == step:
+            raise RuntimeError("simulated kill")
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(distill_module.OuterStep, "__call__", dying_step)
+
+
+def test_resume_without_a_checkpoint_says_so_instead_of_restarting(tiny_digits, tmp_path,
+                                                                     monkeypatch):
+    kill_in_step(monkeypatch, 1)  # before the first checkpoint
+    with pytest.raises(RuntimeError, match="simulated kill"):
+        distill(tiny_digits, tiny_config(steps=4), run_dir=tmp_path / "run", progress=False)
+    monkeypatch.undo()
+    before = sorted(p.name for p in (tmp_path / "run").iterdir())
+    with pytest.raises(RunNotFoundError, match=r"no checkpoint\.pt.*nothing to resume"):
+        distill(tiny_digits, None, run_dir=tmp_path / "run", resume=True, progress=False)
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == before
+
+
+def test_resume_refuses_a_checkpoint_with_a_flipped_byte(tiny_digits, tmp_path):
+    distill(tiny_digits, tiny_config(steps=2), run_dir=tmp_path / "run", progress=False)
+    checkpoint = torch.load(tmp_path / "run" / CHECKPOINT, weights_only=True)
+    weight = next(iter(checkpoint["pool"][0]["model"].values()))  # a pool model's first tensor
+    flip_byte_inside(tmp_path / "run" / CHECKPOINT, weight)
+    with pytest.raises(RunDamagedError, match=r"checkpoint\.pt is damaged"):
+        distill(tiny_digits, None, run_dir=tmp_path / "run", resume=True, progress=False)
+
+
+def test_a_kill_between_the_checkpoint_and_meta_json_still_resumes_exactly(
+    tiny_digits, tmp_path, monkeypatch
+):
+    config = tiny_config(steps=6, checkpoint_every=2)
+    whole = distill(tiny_digits, config, run_dir=tmp_path / "whole", progress=False)
+    real_record = runs.Run._record_written
+
+    def dying_record(self, name, sha256):
+        if name == CHECKPOINT and self.meta["steps_done"] == 2:  # the save at step 4
+            raise KeyboardInterrupt  # checkpoint.pt moved into place, meta.json not yet updated
+        return real_record(self, name, sha256)
+
+    monkeypatch.setattr(runs.Run, "_record_written", dying_record)
+    with pytest.raises(KeyboardInterrupt):
+        distill(tiny_digits, config, run_dir=tmp_path / "killed", progress=False)
+    monkeypatch.undo()
+    meta = json.loads((tmp_path / "killed" / META).read_text())
+    assert meta["steps_done"] == 2 and CHECKPOINT in meta["sha256_pending"]
+    resumed = distill(tiny_digits, None, run_dir=tmp_path / "killed", resume=True,
+                      progress=False)  # fmt: skip
+    assert torch.equal(resumed.images, whole.images)
+    assert [row["step"] for row in read_log(tmp_path / "killed" / "log.csv")] == list(range(1, 7))
+
+
+def test_resume_refuses_data_of_another_shape(tiny_digits, tmp_path):
+    distill(tiny_digits, tiny_config(steps=2), run_dir=tmp_path / "run", progress=False)
+    fewer = DatasetSplits(tiny_digits.name, tiny_digits.train, tiny_digits.val, tiny_digits.test,
+                          tiny_digits.class_names[:9])  # fmt: skip
+    with pytest.raises(ValueError, match="10 classes .* the data given has 9 classes"):
+        distill(fewer, None, run_dir=tmp_path / "run", resume=True, progress=False)
 
 
 def test_existing_run_dir_is_refused_and_left_intact(tiny_digits, tmp_path):

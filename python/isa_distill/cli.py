@@ -8,7 +8,8 @@
     isa-distill info                 versions, backends, devices, datasets found
 
 Errors a user can fix (unknown dataset or preset, IPC too large, missing data, an existing run
-directory) print one line to stderr and exit with status 2.
+directory, a damaged run, a resume with changed settings) print one line to stderr and exit
+with status 2.
 """
 
 from __future__ import annotations
@@ -21,6 +22,15 @@ from pathlib import Path
 
 PROG = "isa-distill"
 USAGE_ERROR = 2
+DEFAULT_DATASET = "digits"
+DEFAULT_IPC = 10
+# ``distill`` flags that set the DistillConfig field of the same name.
+CONFIG_FLAGS = ("ipc", "epsilon", "discard", "partner", "steps", "batch_size", "width", "depth",
+                "optimizer", "lr", "flip", "zca", "seed", "backend", "device", "autocast",
+                "class_reduction", "compile", "compile_mode", "channels_last", "checkpoint_every",
+                "eval_steps")
+RESUMABLE_FLAGS_TEXT = ("--steps, --device, --checkpoint-every, --data-root and the evaluation and "
+                        "output options (--eval-*, --select*, --full-data, --no-eval, --quiet)")
 
 
 class CliError(Exception):
@@ -39,12 +49,13 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = commands.add_parser("distill", help="distil a dataset (default: digits, IPC 10, CPU)")
-    run.add_argument("--preset", choices=PRESETS, default=DEFAULT_PRESET,
-                     help="settings to start from (default: %(default)s)")
-    run.add_argument("--dataset", default="digits", help=f"one of {', '.join(KNOWN_DATASETS)} "
-                     "(default: %(default)s)")
-    run.add_argument("--data-root", help="where the dataset files are (default: see docs)")
-    run.add_argument("--ipc", type=int, default=10, help="images per class (default: %(default)s)")
+    run.add_argument("--preset", choices=PRESETS,
+                     help=f"settings to start from (default: {DEFAULT_PRESET})")
+    run.add_argument("--dataset", help=f"one of {', '.join(KNOWN_DATASETS)} "
+                     f"(default: {DEFAULT_DATASET})")
+    run.add_argument("--data-root", help="where the dataset files are (default: $ISA_DISTILL_DATA "
+                     "or ~/data; with --resume, the root stored in the run)")
+    run.add_argument("--ipc", type=int, help=f"images per class (default: {DEFAULT_IPC})")
     run.add_argument("--epsilon", type=float, help="ISA segment length (0 = FRePo baseline)")
     run.add_argument("--discard", type=float, help="fraction of easiest targets dropped")
     run.add_argument("--partner", choices=("nearest", "random"))
@@ -79,14 +90,18 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--checkpoint-every", type=int, help="steps between checkpoints")
     run.add_argument("--run-dir", type=Path,
                      help="where to write the run (default: runs/<dataset>-ipc<N>-<time>)")
-    run.add_argument("--resume", action="store_true", help="continue the run in --run-dir")
+    run.add_argument("--resume", action="store_true",
+                     help="continue the run in --run-dir from its last checkpoint, with its "
+                     f"stored settings; only {RESUMABLE_FLAGS_TEXT} may change (a larger --steps "
+                     "extends the run at its final learning rate)")
     _add_eval_options(run)
     run.add_argument("--no-eval", action="store_true", help="skip the final evaluation table")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
 
     evaluate = commands.add_parser("evaluate", help="evaluate a run with the protocol")
     evaluate.add_argument("run_dir", type=Path)
-    evaluate.add_argument("--data-root", help="where the dataset files are")
+    evaluate.add_argument("--data-root", help="where the dataset files are (default: the root "
+                          "stored in the run, else $ISA_DISTILL_DATA or ~/data)")
     evaluate.add_argument("--device", default="cpu")
     _add_eval_options(evaluate)
     evaluate.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -139,6 +154,24 @@ def _load_data(name: str, root: str | None, seed: int):
     return load_dataset(name, root, seed=seed)
 
 
+def _load_run_data(meta: dict, data_root: str | None):
+    """The dataset of a run: from ``data_root`` when given, else from the root the run stored
+    (if any), else from the default locations; image folders at the run's image size."""
+    from .data import DatasetNotFoundError, load_dataset
+
+    root = data_root if data_root is not None else meta.get("data_root")
+    options = {}
+    if meta["dataset"] == "image-folder":
+        options = dict(image_size=meta["image_size"], grayscale=meta["channels"] == 1)
+    try:
+        return load_dataset(meta["dataset"], root, seed=meta["config"]["seed"], **options)
+    except DatasetNotFoundError as error:
+        if data_root is not None or root is None:
+            raise
+        raise DatasetNotFoundError(f"{error} ({root} is the data root stored in the run; pass "
+                                   "--data-root to read the data from elsewhere)") from error
+
+
 def _default_run_dir(dataset: str, ipc: int) -> Path:
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     base = Path("runs") / f"{dataset}-ipc{ipc}-{stamp}"
@@ -156,34 +189,20 @@ def _check_eval_options(args: argparse.Namespace) -> None:
 
 
 def cmd_distill(args: argparse.Namespace) -> int:
-    from .distill import DistillConfig, check_ipc, distill
+    from .distill import check_ipc, distill
     from .plots import render_run
-    from .presets import preset_config
-    from .runs import Run
+    from .presets import DEFAULT_PRESET, preset_config
 
     _check_eval_options(args)
     if args.resume:
-        if args.run_dir is None:
-            raise CliError("--resume needs --run-dir (the run to continue)")
-        stored = DistillConfig.from_dict(Run.open(args.run_dir).meta["config"])
-        dataset = Run.open(args.run_dir).meta["dataset"]
-        config = None if args.device is None else _with_device(stored, args.device)
-        data = _load_data(dataset, args.data_root, stored.seed)
-        run_dir = args.run_dir
+        config, data, run_dir = _resume_request(args)
     else:
-        config = preset_config(
-            args.dataset, args.preset, ipc=args.ipc, epsilon=args.epsilon, discard=args.discard,
-            partner=args.partner, steps=args.steps, batch_size=args.batch_size, width=args.width,
-            depth=args.depth, optimizer=args.optimizer, lr=args.lr, flip=args.flip, zca=args.zca,
-            seed=args.seed, backend=args.backend, device=args.device, autocast=args.autocast,
-            checkpoint_every=args.checkpoint_every, eval_steps=args.eval_steps,
-            class_reduction=args.class_reduction, compile=args.compile,
-            compile_mode=args.compile_mode, channels_last=args.channels_last,
-        )
+        dataset = args.dataset or DEFAULT_DATASET
+        config = preset_config(dataset, args.preset or DEFAULT_PRESET, **_config_flags(args))
         _check_device(config.device)
-        data = _load_data(args.dataset, args.data_root, config.seed)
+        data = _load_data(dataset, args.data_root, config.seed)
         check_ipc(data.train, config.ipc, data.num_classes)
-        run_dir = args.run_dir or _default_run_dir(args.dataset, args.ipc)
+        run_dir = args.run_dir or _default_run_dir(dataset, config.ipc)
         print(_describe_config(data, config, run_dir))
     result = distill(data, config, run_dir=run_dir, resume=args.resume, progress=not args.quiet)
     pictures = render_run(run_dir)
@@ -194,11 +213,113 @@ def cmd_distill(args: argparse.Namespace) -> int:
     return 0
 
 
-def _with_device(config, device: str):
+def _config_flags(args: argparse.Namespace) -> dict:
+    """The config flags as ``preset_config`` keywords (None: not given)."""
+    flags = {name: getattr(args, name) for name in CONFIG_FLAGS}
+    flags["ipc"] = DEFAULT_IPC if args.ipc is None else args.ipc
+    return flags
+
+
+def _resume_request(args: argparse.Namespace):
+    """(config, data, run_dir) to resume ``--run-dir`` with: the stored config with the flags
+    that may change applied; CliError naming the flags given that would change the result."""
     import dataclasses
 
-    _check_device(device)
-    return dataclasses.replace(config, device=device)
+    from .distill import RESUMABLE_FIELDS, DistillConfig
+    from .runs import Run
+
+    if args.run_dir is None:
+        raise CliError("--resume needs --run-dir (the run to continue)")
+    run = Run.open(args.run_dir)
+    run.check_resumable()
+    stored = DistillConfig.from_dict(run.meta["config"])
+    conflicts = _resume_conflicts(args, run.meta, stored)
+    if conflicts:
+        raise CliError(
+            f"cannot resume {args.run_dir} with changed settings: {'; '.join(conflicts)}. Leave "
+            f"them out to continue the run as it was (its settings are in "
+            f"{run.path / 'meta.json'}); only {RESUMABLE_FLAGS_TEXT} may change on resume"
+        )
+    changes = {name: getattr(args, name) for name in RESUMABLE_FIELDS
+               if name in CONFIG_FLAGS and getattr(args, name) is not None}
+    config = dataclasses.replace(stored, **changes)
+    if config.steps < run.meta["steps_done"]:
+        raise CliError(f"--steps {config.steps} is fewer than the {run.meta['steps_done']} steps "
+                       f"{args.run_dir} has done; pass --steps {run.meta['steps_done']} or more")
+    _check_device(config.device)
+    data = _load_run_data(run.meta, args.data_root)
+    print(f"resuming {args.run_dir}: {run.meta['steps_done']} of {config.steps} steps done")
+    return config, data, args.run_dir
+
+
+def _resume_conflicts(args: argparse.Namespace, meta: dict, stored) -> list[str]:
+    """The flags given with --resume that differ from the run's settings and may not change."""
+    from .distill import RESUMABLE_FIELDS
+
+    conflicts = []
+    if args.dataset is not None and args.dataset != meta["dataset"]:
+        conflicts.append(f"--dataset {args.dataset} (the run has {meta['dataset']})")
+    for name in CONFIG_FLAGS:
+        value = getattr(args, name)
+        if value is None or name in RESUMABLE_FIELDS:
+            continue
+        if not _same_setting(name, value, stored, meta):
+            run_value = _run_setting(name, stored, meta)
+            conflicts.append(f"{_flag(name, value)} (the run has {run_value})")
+    if args.preset is not None:
+        conflicts += _preset_conflicts(args, meta, stored)
+    return conflicts
+
+
+def _same_setting(name: str, value, stored, meta: dict) -> bool:
+    """Whether a flag's value is the run's, also where the run left it to a default."""
+    if value == getattr(stored, name):
+        return True
+    if name == "lr":
+        return value == stored.peak_lr
+    if name == "flip" and stored.flip is None:
+        return value == meta["flip"]
+    if name == "zca" and stored.zca is None:
+        return value == meta["preprocessing"].get("zca")
+    return False
+
+
+def _run_setting(name: str, stored, meta: dict) -> str:
+    """The run's value of a config flag in words, defaults resolved."""
+    if name == "lr" and stored.lr is None:
+        return f"{stored.peak_lr:g}, the {stored.optimizer} default"
+    resolved = {"flip": meta["flip"], "zca": meta["preprocessing"].get("zca")}
+    if name in resolved and getattr(stored, name) is None:
+        return f"{_flag(name, resolved[name])}, the dataset's default"
+    value = getattr(stored, name)
+    return _flag(name, value) if isinstance(value, bool) else str(value)
+
+
+def _preset_conflicts(args: argparse.Namespace, meta: dict, stored) -> list[str]:
+    """--preset with --resume is only checked: the settings it (with the other flags given)
+    would choose must be the run's."""
+    import dataclasses
+
+    from .distill import RESUMABLE_FIELDS
+    from .presets import preset_config
+
+    flags = {**_config_flags(args), "ipc": stored.ipc if args.ipc is None else args.ipc}
+    expected = preset_config(meta["dataset"], args.preset, **flags)
+    differing = [
+        f"{field.name} {getattr(expected, field.name)} where the run has "
+        f"{getattr(stored, field.name)}"
+        for field in dataclasses.fields(expected)
+        if field.name not in RESUMABLE_FIELDS and flags.get(field.name) is None
+        and getattr(expected, field.name) != getattr(stored, field.name)
+    ]
+    return [f"--preset {args.preset} (sets {', '.join(differing)})"] if differing else []
+
+
+def _flag(name: str, value) -> str:
+    option = "--" + name.replace("_", "-")
+    if isinstance(value, bool):
+        return option if value else "--no-" + option[2:]
+    return f"{option} {value}"
 
 
 def _check_device(device: str) -> None:
@@ -214,7 +335,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     _check_eval_options(args)
     _check_device(args.device)
     meta = load_distilled(args.run_dir).meta
-    data = _load_data(meta["dataset"], args.data_root, int(meta.get("seed", 0)))
+    data = _load_run_data(meta, args.data_root)
     _print_evaluation(args.run_dir, data, args, device=args.device)
     return 0
 

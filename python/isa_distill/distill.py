@@ -75,6 +75,7 @@ class DistillConfig:
     optimizer: str = "lamb"  # "lamb" | "adam"
     lr: float | None = None  # None: 3e-4 for LAMB, 1e-3 for Adam
     lr_final_fraction: float = 0.1  # cosine decay to lr * this
+    lr_schedule_steps: int | None = None  # cosine length (None: steps); see cosine_lr
     # Model pool.
     pool_size: int = 10
     max_online_updates: int = 100
@@ -106,6 +107,13 @@ class DistillConfig:
             raise ValueError(f"val_every must be an int >= 0, got {self.val_every!r}")
         if self.val_every < 0:
             raise ValueError(f"val_every must be an int >= 0, got {self.val_every!r}")
+        if self.lr_schedule_steps is not None and (
+            isinstance(self.lr_schedule_steps, bool) or not isinstance(self.lr_schedule_steps, int)
+            or self.lr_schedule_steps < 1
+        ):
+            raise ValueError(
+                f"lr_schedule_steps must be a positive int or None, got {self.lr_schedule_steps!r}"
+            )
         if self.eval_steps is not None and (
             isinstance(self.eval_steps, bool) or not isinstance(self.eval_steps, int)
             or self.eval_steps < 1
@@ -220,10 +228,17 @@ def initial_support_labels(labels: torch.Tensor, num_classes: int) -> torch.Tens
 
 
 def cosine_lr(step: int, config: DistillConfig) -> float:
-    """lr of outer step ``step`` (0-based): cosine from peak to peak * lr_final_fraction."""
+    """lr of outer step ``step`` (0-based): cosine from peak to peak * lr_final_fraction over
+    the first ``lr_schedule_steps`` steps (None: ``steps``), then the final lr.
+
+    A resume that extends a run (more ``steps``) keeps the cosine's original length: the steps
+    added run at the final lr, so the extended run's first steps are exactly the original run's
+    (``resumed_config`` sets ``lr_schedule_steps`` to the original ``steps``).
+    """
     peak = config.peak_lr
     final = peak * config.lr_final_fraction
-    progress = step / max(config.steps - 1, 1)
+    length = config.steps if config.lr_schedule_steps is None else config.lr_schedule_steps
+    progress = min(step / max(length - 1, 1), 1.0)
     return final + 0.5 * (peak - final) * (1.0 + math.cos(math.pi * progress))
 
 
@@ -429,21 +444,41 @@ def checkpoint_state(step, support_images, support_labels, optimizer, pool, curr
 # ----------------------------------------------------------------------------- the loop
 
 
+# What a resumed run may change: where it runs, how long (see cosine_lr), how often it
+# checkpoints, logs and validates, and the final evaluation's budget. Everything else would
+# change the distilled set, and is refused.
+RESUMABLE_FIELDS = ("device", "steps", "checkpoint_every", "log_every", "val_every", "val_steps",
+                    "eval_steps")
+
+
 def resumed_config(meta: dict[str, Any], config: DistillConfig | None) -> DistillConfig:
-    """The stored config of a run being resumed; a given ``config`` may only change ``device``."""
+    """The config a resumed run continues with: the stored one, or ``config`` when it differs
+    from it in ``RESUMABLE_FIELDS`` only (ValueError naming the other fields that differ).
+
+    A ``config.lr_schedule_steps`` of None means the run's. When ``steps`` changes, the cosine
+    keeps its length (``lr_schedule_steps`` = the original steps, see ``cosine_lr``).
+    """
     stored = DistillConfig.from_dict(meta["config"])
     if config is None:
         return stored
-    differing = [
-        name for name, value in config.to_dict().items()
-        if name != "device" and value != getattr(stored, name)
-    ]
-    if differing:
-        raise ValueError(
-            f"cannot resume with a different config: {', '.join(sorted(differing))} differ from "
-            "the run's stored config (only device may change)"
+    given = config.to_dict()
+    if given["lr_schedule_steps"] is None:
+        given["lr_schedule_steps"] = stored.lr_schedule_steps
+    changed = {name: value for name, value in given.items() if value != getattr(stored, name)}
+    refused = [name for name in sorted(changed) if name not in RESUMABLE_FIELDS]
+    if refused:
+        differences = ", ".join(
+            f"{name} (the run has {getattr(stored, name)!r}, given {changed[name]!r})"
+            for name in refused
         )
-    return dataclasses.replace(stored, device=config.device)
+        raise ValueError(
+            f"cannot resume with a different config: {differences}; these change the distilled "
+            f"set, only {', '.join(RESUMABLE_FIELDS)} may change on resume"
+        )
+    resumed = dataclasses.replace(stored, **changed)
+    if resumed.steps != stored.steps and resumed.lr_schedule_steps is None:
+        resumed = dataclasses.replace(resumed, lr_schedule_steps=stored.steps)
+    return resumed
 
 
 def distill(
@@ -463,7 +498,10 @@ def distill(
     stored with the run.
 
     ``resume=True`` continues the run in ``run_dir`` from its last checkpoint with the config
-    stored there (``config`` may then be None; if given, it must match apart from ``device``).
+    stored there (``config`` may then be None; if given, it may differ only in
+    ``RESUMABLE_FIELDS``: a larger ``steps`` extends a finished or running run at the final lr,
+    see ``cosine_lr``). A run without a checkpoint, or whose files do not match the sha256s in
+    its meta.json, is refused (``runs.RunNotFoundError`` / ``runs.RunDamagedError``).
     Without ``resume``, an existing non-empty ``run_dir`` is refused (``runs.RunExistsError``)
     and left untouched.
     """
@@ -471,9 +509,12 @@ def distill(
         raise ValueError("resume=True needs the run_dir of the run to continue")
     checkpoint = None
     if resume:
-        run = runs.Run.open_for_resume(run_dir, dataset=data.name)
+        run = runs.Run.open_for_resume(run_dir, data)
         config = resumed_config(run.meta, config)
-        checkpoint = run.load_checkpoint()
+        checkpoint = run.load_checkpoint()  # raises when missing or damaged
+        if config.steps < checkpoint["step"]:
+            raise ValueError(f"steps={config.steps} is fewer than the {checkpoint['step']} steps "
+                             f"run {run.path} has done; pass steps >= {checkpoint['step']}")
     else:
         config = DistillConfig() if config is None else config
     config.validate()
@@ -495,6 +536,8 @@ def distill(
         run = None if run_dir is None else runs.Run.create(run_dir)
     if run is not None and checkpoint is None:
         run.write_meta(data, config, preprocessor, flip=flip, steps_done=0)
+    elif resume:
+        run.record_resume(config, data_root=data.root)
 
     generators = make_generators(config.seed)
     if checkpoint is None:

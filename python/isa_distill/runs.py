@@ -16,11 +16,28 @@ Every file is written to a temporary sibling and moved into place with ``os.repl
 killed at any moment leaves either the previous or the new version of each file, never half of
 one. The CSV is appended row by row; on resume, rows past the checkpoint (and a torn last line)
 are dropped.
+
+Damage is noticed: meta.json records the sha256 of checkpoint.pt and distilled.safetensors
+(``"sha256": {file: hex}``), and every load checks the file against it (``RunDamagedError``
+otherwise). A file and meta.json cannot be replaced together, so each hashed file is written in
+three atomic moves:
+
+1. the new version is written to its temporary sibling and hashed;
+2. meta.json records that hash as pending (``"sha256_pending": {file: hex}``);
+3. the file is moved into place; then meta.json records the hash as the file's and drops the
+   pending one.
+
+A kill before 2 leaves the old file and the old meta.json; between 2 and 3 the old file with
+its hash recorded and the new one pending; after the move the new file with its hash pending.
+A loader therefore accepts a file whose hash is the recorded or the pending one, and nothing
+else. Runs written before hashes were recorded (no ``"sha256"`` in meta.json) load unchecked.
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
+import hashlib
 import io
 import json
 import os
@@ -49,12 +66,35 @@ LABEL_ENCODING = (
 )
 
 
+HASHED_FILES = (CHECKPOINT, DISTILLED)
+SHA256 = "sha256"  # meta.json key: {file name: sha256 of the version in place}
+PENDING_SHA256 = "sha256_pending"  # {file name: sha256 of a version being moved into place}
+# meta.json keys every run has, with their JSON types (bool is not an int here).
+REQUIRED_META = {
+    "dataset": str, "ipc": int, "num_classes": int, "channels": int, "image_size": int,
+    "flip": bool, "seed": int, "steps_done": int, "preprocessing": dict, "config": dict,
+}  # fmt: skip
+OPTIONAL_META = {
+    "class_names": list, "version": str, "elapsed_seconds": float,
+    "data_root": (str, type(None)), SHA256: dict, PENDING_SHA256: dict,
+}  # fmt: skip
+
+
 class RunExistsError(FileExistsError):
-    """The run directory already holds something and we were not asked to resume it."""
+    """Something is already where the run directory would go, and we were not asked to resume
+    it (a non-empty directory, or a regular file on the path)."""
 
 
 class RunNotFoundError(FileNotFoundError):
     """The path is not a run directory (or lacks the file needed)."""
+
+
+class RunDamagedError(RunNotFoundError):
+    """A run file is not what isa-distill wrote: meta.json is malformed, or checkpoint.pt /
+    distilled.safetensors does not match the sha256 recorded in meta.json, or is missing.
+
+    A subclass of RunNotFoundError, so code that handles unreadable runs handles it too.
+    """
 
 
 def library_version() -> str:
@@ -82,6 +122,44 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass
+class StagedFile:
+    """A new version of ``path``, written and fsynced to a temporary sibling, not yet in place."""
+
+    path: Path
+    tmp: Path
+    sha256: str
+
+    @classmethod
+    def write(cls, path: Path, write: Callable[[Path], None]) -> StagedFile:
+        handle, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.",
+                                            suffix=".tmp")
+        os.close(handle)
+        tmp = Path(tmp_name)
+        try:
+            write(tmp)
+            with open(tmp, "rb") as written:
+                os.fsync(written.fileno())
+            return cls(path, tmp, file_sha256(tmp))
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+    def move_into_place(self) -> None:
+        os.replace(self.tmp, self.path)
+
+    def discard(self) -> None:
+        self.tmp.unlink(missing_ok=True)
+
+
 def _preprocessor_parts(preprocessor: Preprocessor) -> tuple[dict[str, torch.Tensor], dict]:
     """Split the preprocessor state into tensors (safetensors) and plain values (JSON)."""
     tensors, values = {}, {}
@@ -91,6 +169,95 @@ def _preprocessor_parts(preprocessor: Preprocessor) -> tuple[dict[str, torch.Ten
         else:
             values[key] = value
     return tensors, values
+
+
+# ----------------------------------------------------------------------------- meta.json checks
+
+
+def _json_type_name(kind) -> str:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    names = {str: "a string", int: "an integer", float: "a number", bool: "true or false",
+             dict: "an object", list: "a list", type(None): "null"}
+    return " or ".join(names[k] for k in kinds)
+
+
+def _has_json_type(value: Any, kind) -> bool:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if isinstance(value, bool):
+        return bool in kinds
+    return isinstance(value, kinds) or (float in kinds and isinstance(value, int))
+
+
+def meta_problems(meta: Any) -> list[str]:
+    """What is wrong with a parsed meta.json (empty when nothing is)."""
+    if not isinstance(meta, dict):
+        return [f"it is not a JSON object (it holds {type(meta).__name__} {meta!r:.40})"]
+    missing = [key for key in REQUIRED_META if key not in meta]
+    problems = [f"it lacks {', '.join(repr(key) for key in missing)}"] if missing else []
+    expected = {**REQUIRED_META, **OPTIONAL_META}
+    for key, kind in expected.items():
+        if key in meta and not _has_json_type(meta[key], kind):
+            problems.append(f"{key!r} must be {_json_type_name(kind)}, got {meta[key]!r:.40}")
+    for key in (SHA256, PENDING_SHA256):
+        if isinstance(meta.get(key), dict):
+            problems += _hash_map_problems(key, meta[key])
+    if isinstance(meta.get("config"), dict):
+        problems += _config_problems(meta["config"])
+    return problems
+
+
+def _hash_map_problems(key: str, hashes: dict) -> list[str]:
+    problems = []
+    for name, value in hashes.items():
+        if name not in HASHED_FILES:
+            problems.append(f"{key!r} names an unknown file {name!r}")
+        elif not (isinstance(value, str) and len(value) == 64
+                  and all(c in "0123456789abcdef" for c in value)):
+            problems.append(f"{key}[{name!r}] must be a sha256 hex digest, got {value!r:.70}")
+    return problems
+
+
+_CONFIG_TYPES = {"int": int, "float": float, "str": str, "bool": bool, "None": type(None)}
+
+
+def _config_problems(values: dict) -> list[str]:
+    """Type and range problems of a stored DistillConfig (missing fields get their defaults)."""
+    from .distill import DistillConfig  # runs is imported by distill; import it when needed
+
+    problems = []
+    for field in dataclasses.fields(DistillConfig):
+        kinds = tuple(part.strip() for part in str(field.type).split("|"))
+        if field.name not in values or not all(kind in _CONFIG_TYPES for kind in kinds):
+            continue
+        allowed = tuple(_CONFIG_TYPES[kind] for kind in kinds)
+        if not _has_json_type(values[field.name], allowed):
+            problems.append(f"config.{field.name} must be {_json_type_name(allowed)}, got "
+                            f"{values[field.name]!r:.40}")
+    if problems:
+        return problems
+    try:
+        DistillConfig.from_dict(values).validate()
+    except ValueError as error:
+        return [f"its config is invalid: {error}"]
+    return []
+
+
+def _damaged_meta(path: Path, problems: list[str]) -> RunDamagedError:
+    return RunDamagedError(
+        f"{path / META} is damaged: {'; '.join(problems)}. meta.json is written by isa-distill "
+        "and describes the run; restore it from a backup, or distil the run again"
+    )
+
+
+def _not_a_run_directory(path: Path) -> RunNotFoundError:
+    """Why ``path`` cannot be opened as a run directory, in words."""
+    blocking = next((part for part in (path, *path.parents) if part.exists()), None)
+    if blocking is not None and not blocking.is_dir():
+        where = "it is" if blocking == path else f"{blocking} is"
+        return RunNotFoundError(f"{path} is not a run directory: {where} a regular file")
+    if blocking != path:
+        return RunNotFoundError(f"{path} is not a run directory: it does not exist")
+    return RunNotFoundError(f"{path} is not a run directory (no {META})")
 
 
 @dataclass
@@ -104,7 +271,13 @@ class Run:
     def create(cls, path: str | os.PathLike) -> Run:
         """A new run in ``path``, which must not exist or be an empty directory."""
         path = Path(path)
-        if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        blocking = next((part for part in (path, *path.parents) if part.exists()), None)
+        if blocking is not None and not blocking.is_dir():
+            where = f"{path} is a regular file" if blocking == path else (
+                f"{blocking}, on its path, is a regular file")
+            raise RunExistsError(f"cannot create run directory {path}: {where}; choose another "
+                                 "run directory (nothing was changed)")
+        if path.exists() and any(path.iterdir()):
             raise RunExistsError(
                 f"run directory {path} already exists and is not empty; resume it or choose "
                 "another run directory (nothing was changed)"
@@ -114,23 +287,56 @@ class Run:
 
     @classmethod
     def open(cls, path: str | os.PathLike) -> Run:
+        """The run in ``path``, with meta.json checked (``RunDamagedError`` when malformed)."""
         path = Path(path)
         if not (path / META).is_file():
-            raise RunNotFoundError(f"{path} is not a run directory (no {META})")
+            raise _not_a_run_directory(path)
         try:
             meta = json.loads((path / META).read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as error:
+        except (OSError, UnicodeDecodeError) as error:
             raise RunNotFoundError(f"cannot read {path / META}: {error}") from error
+        except json.JSONDecodeError as error:
+            raise _damaged_meta(path, [f"it is not valid JSON ({error})"]) from error
+        problems = meta_problems(meta)
+        if problems:
+            raise _damaged_meta(path, problems)
+        from .distill import DistillConfig
+
+        # Fields added to the config since the run was written get their defaults.
+        meta["config"] = DistillConfig.from_dict(meta["config"]).to_dict()
         return cls(path, meta)
 
     @classmethod
-    def open_for_resume(cls, path: str | os.PathLike, *, dataset: str) -> Run:
+    def open_for_resume(cls, path: str | os.PathLike, data) -> Run:
+        """The run in ``path``, checked to distil ``data`` (a DatasetSplits) and to be intact.
+
+        Runs written before hashes were recorded are adopted: their files are hashed as found.
+        """
         run = cls.open(path)
-        if run.meta.get("dataset") != dataset:
-            raise ValueError(
-                f"run {path} distils {run.meta.get('dataset')!r}, cannot resume it on {dataset!r}"
-            )
+        run.check_data(data)
+        if SHA256 not in run.meta:
+            run.meta[SHA256] = {name: file_sha256(run.path / name)
+                                for name in HASHED_FILES if (run.path / name).is_file()}
+            run.meta[PENDING_SHA256] = {}
+        if (run.path / DISTILLED).is_file() or DISTILLED in run.meta[SHA256]:
+            run.verify(DISTILLED)
         return run
+
+    def check_data(self, data) -> None:
+        """Raise ValueError unless ``data`` is the dataset (name and shapes) this run distils."""
+        meta = self.meta
+        stored = (meta["dataset"], meta["num_classes"], meta["channels"], meta["image_size"])
+        given = (data.name, data.num_classes, data.channels, data.image_size)
+        if stored[0] != given[0]:
+            raise ValueError(
+                f"run {self.path} distils {stored[0]!r}, cannot resume it on {given[0]!r}"
+            )
+        if stored != given:
+            raise ValueError(
+                f"run {self.path} distils {stored[0]} with {stored[1]} classes of "
+                f"{stored[2]}x{stored[3]}x{stored[3]} images; the data given has {given[1]} "
+                f"classes of {given[2]}x{given[3]}x{given[3]} (another data root?)"
+            )
 
     # ------------------------------------------------------------------ meta.json
 
@@ -141,6 +347,7 @@ class Run:
             "library": "isa-distill",
             "version": library_version(),
             "dataset": data.name,
+            "data_root": getattr(data, "root", None),
             "ipc": config.ipc,
             "num_classes": data.num_classes,
             "class_names": list(data.class_names),
@@ -155,27 +362,107 @@ class Run:
             "config": config.to_dict(),
             "steps_done": steps_done,
             "elapsed_seconds": 0.0,
+            SHA256: {},
+            PENDING_SHA256: {},
         }
-        atomic_write_text(self.path / META, json.dumps(self.meta, indent=2) + "\n")
+        self._write_meta_file()
 
     def update_meta(self, *, steps_done: int, elapsed: float) -> None:
         self.meta.update(steps_done=steps_done, elapsed_seconds=round(elapsed, 3))
+        self._write_meta_file()
+
+    def record_resume(self, config, *, data_root: str | None) -> None:
+        """Store the config a resumed run continues with (e.g. more ``steps``) and, when known,
+        the data root it was resumed from."""
+        self.meta["config"] = config.to_dict()
+        if data_root is not None:
+            self.meta["data_root"] = data_root
+        self._write_meta_file()
+
+    def _write_meta_file(self) -> None:
         atomic_write_text(self.path / META, json.dumps(self.meta, indent=2) + "\n")
+
+    # ------------------------------------------------------------------ hashed files
+
+    def _write_hashed(self, name: str, write: Callable[[Path], None]) -> None:
+        """Write ``name`` and record its sha256 in meta.json, in the order the module
+        docstring explains, so that a kill at any point leaves a state ``verify`` accepts."""
+        staged = StagedFile.write(self.path / name, write)
+        try:
+            self._record_pending(name, staged.sha256)
+            staged.move_into_place()
+        except BaseException:
+            staged.discard()
+            raise
+        self._record_written(name, staged.sha256)
+
+    def _record_pending(self, name: str, sha256: str) -> None:
+        self.meta.setdefault(SHA256, {})
+        self.meta.setdefault(PENDING_SHA256, {})[name] = sha256
+        self._write_meta_file()
+
+    def _record_written(self, name: str, sha256: str) -> None:
+        self.meta[SHA256][name] = sha256
+        self.meta[PENDING_SHA256].pop(name, None)
+        self._write_meta_file()
+
+    def verify(self, name: str) -> None:
+        """Raise ``RunDamagedError`` unless ``name`` is a version meta.json recorded.
+
+        The version found becomes the recorded one (in memory; the next meta.json write keeps
+        it), so a later write starts from a state that matches the disk.
+        """
+        if SHA256 not in self.meta:
+            return  # written before hashes were recorded: nothing to check against
+        path = self.path / name
+        recorded = {self.meta[SHA256].get(name), self.meta.get(PENDING_SHA256, {}).get(name)}
+        recorded.discard(None)
+        if not path.is_file():
+            if recorded:
+                raise RunDamagedError(
+                    f"{path} is missing, although meta.json records that it was written; "
+                    "restore it from a backup, or distil the run again"
+                )
+            raise RunNotFoundError(f"run {self.path} has no {name} yet")
+        actual = file_sha256(path)
+        if actual not in recorded:
+            raise RunDamagedError(
+                f"{path} is damaged: its sha256 ({actual[:12]}...) is not the one meta.json "
+                "recorded when it was written, so its contents changed since; restore it from a "
+                "backup, or distil the run again"
+            )
+        self.meta[SHA256][name] = actual
+        self.meta.get(PENDING_SHA256, {}).pop(name, None)
 
     # ------------------------------------------------------------------ checkpoint
 
     def save_checkpoint(self, state: dict[str, Any]) -> None:
-        atomic_write(self.path / CHECKPOINT, lambda tmp: torch.save(state, tmp))
+        self._write_hashed(CHECKPOINT, lambda tmp: torch.save(state, tmp))
 
-    def load_checkpoint(self) -> dict[str, Any] | None:
-        """The last checkpoint, or None if the run died before writing one."""
+    def check_resumable(self) -> None:
+        """Raise ``RunNotFoundError`` when there is no checkpoint to continue from."""
         path = self.path / CHECKPOINT
-        if not path.is_file():
-            return None
+        if path.is_file() or CHECKPOINT in self.meta.get(SHA256, {}):
+            return  # a checkpoint recorded but missing is damage, which loading reports
+        raise RunNotFoundError(
+            f"run {self.path} has no {CHECKPOINT}: it stopped before its first checkpoint, so "
+            f"there is nothing to resume. To start it again from step 0, delete {self.path} and "
+            f"run the same command without --resume (its settings are in {self.path / META})"
+        )
+
+    def load_checkpoint(self) -> dict[str, Any]:
+        """The last checkpoint, checked against its recorded sha256.
+
+        Raises ``RunNotFoundError`` when the run stopped before its first checkpoint, and
+        ``RunDamagedError`` when the file is missing, damaged or unreadable.
+        """
+        self.check_resumable()
+        self.verify(CHECKPOINT)
+        path = self.path / CHECKPOINT
         try:
             return torch.load(path, map_location="cpu", weights_only=True)
         except Exception as error:  # torch raises several types for a damaged pickle/zip
-            raise RunNotFoundError(f"cannot read checkpoint {path}: {error}") from error
+            raise RunDamagedError(f"cannot read checkpoint {path}: {error}") from error
 
     # ------------------------------------------------------------------ distilled set
 
@@ -184,7 +471,7 @@ class Run:
         tensors, _ = _preprocessor_parts(preprocessor)
         tensors["images"] = images.detach().cpu().contiguous()
         tensors["labels"] = labels.detach().cpu().contiguous()
-        atomic_write(self.path / DISTILLED, lambda tmp: save_file(tensors, str(tmp)))
+        self._write_hashed(DISTILLED, lambda tmp: save_file(tensors, str(tmp)))
 
     # ------------------------------------------------------------------ log.csv
 
@@ -250,20 +537,25 @@ class Distilled:
 
 
 def load_distilled(path: str | os.PathLike) -> Distilled:
-    """Load a run directory (or its distilled.safetensors) written by ``distill``."""
+    """Load a run directory (or its distilled.safetensors) written by ``distill``.
+
+    Raises ``RunNotFoundError`` when ``path`` is not a run (or has no distilled set yet) and
+    ``RunDamagedError`` when meta.json is malformed or the file does not match its sha256.
+    """
     path = Path(path)
-    folder = path.parent if path.is_file() else path
+    folder = path.parent if path.is_file() and path.name == DISTILLED else path
     run = Run.open(folder)
     file = folder / DISTILLED
-    if not file.is_file():
+    run.verify(DISTILLED)
+    if not file.is_file():  # a run written before hashes were recorded
         raise RunNotFoundError(f"run {folder} has no {DISTILLED} yet")
     try:
         tensors = load_file(str(file))
     except (SafetensorError, OSError) as error:
-        raise RunNotFoundError(f"cannot read {file}: {error}") from error
+        raise RunDamagedError(f"cannot read {file}: {error}") from error
     missing = {"images", "labels"} - set(tensors)
     if missing:
-        raise RunNotFoundError(f"{file} lacks {sorted(missing)}")
+        raise RunDamagedError(f"{file} lacks {sorted(missing)}")
     state: dict[str, Any] = {
         key: value for key, value in run.meta.get("preprocessing", {}).items() if key != "tensors"
     }
@@ -273,5 +565,5 @@ def load_distilled(path: str | os.PathLike) -> Distilled:
     try:
         preprocessor = Preprocessor.from_state_dict(state)
     except ValueError as error:
-        raise RunNotFoundError(f"{folder}: stored preprocessing is incomplete: {error}") from error
+        raise RunDamagedError(f"{folder}: stored preprocessing is incomplete: {error}") from error
     return Distilled(tensors["images"], tensors["labels"], run.meta, preprocessor)

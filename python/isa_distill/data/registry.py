@@ -154,7 +154,8 @@ def load_dataset(
 
     Args:
         name: one of ``KNOWN_DATASETS``.
-        root: where the files are (see the module docstring for defaults).
+        root: where the files are (see the module docstring for defaults); the result's
+            ``root`` records it (see ``DatasetSplits``).
         val_size: validation hold-out from train: a fraction in [0, 1) or a count (0 = none).
         seed: seeds the validation hold-out only.
         image_size: image-folder only: images are resized to this square size (default 32).
@@ -167,9 +168,8 @@ def load_dataset(
     _check_name(name)
     if name != "image-folder" and (image_size is not None or grayscale):
         raise ValueError(f"image_size and grayscale apply to image-folder only, not {name!r}")
-    splits, class_names = _raw_splits(
-        name, None if root is None else Path(root).expanduser(), image_size, grayscale
-    )
+    root = None if root is None else Path(root).expanduser()
+    splits, class_names = _raw_splits(name, root, image_size, grayscale)
     for split_name, split in splits.items():
         _check_labels(split, len(class_names), f"{name} {split_name} split")
     train = splits["train"]
@@ -181,4 +181,18 @@ def load_dataset(
         val = splits["val"]
     else:
         train, val = stratified_holdout(train, val_size, seed=seed)
-    return DatasetSplits(name, train, val, splits["test"], list(class_names))
+    return DatasetSplits(name, train, val, splits["test"], list(class_names),
+                         root=_root_to_record(name, root))
+
+
+def _root_to_record(name: str, root: Path | None) -> str | None:
+    """The root to read ``name`` from again, absolute: the given one, or ``ISA_DISTILL_DATA``
+    when the files were found under it; None when the default lookup finds them anyway."""
+    if name == "digits":
+        return None
+    if root is not None:
+        return str(root.resolve())
+    if "ISA_DISTILL_DATA" not in os.environ:
+        return None
+    home = data_home().resolve()
+    return str(home) if _locate(name, None).resolve().is_relative_to(home) else None

@@ -41,13 +41,19 @@ class Split:
 
 @dataclass(frozen=True)
 class DatasetSplits:
-    """A dataset with disjoint train / validation / test splits."""
+    """A dataset with disjoint train / validation / test splits.
+
+    ``root`` is the folder the files were read from when it has to be given again to read them
+    (a root passed to ``load_dataset``, or ``ISA_DISTILL_DATA`` when they were found there);
+    None for bundled data and the default locations. A run stores it for resume and evaluate.
+    """
 
     name: str
     train: Split
     val: Split
     test: Split
     class_names: list[str]
+    root: str | None = None
 
     @property
     def num_classes(self) -> int:
