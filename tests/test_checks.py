@@ -65,10 +65,12 @@ def test_deferred_out_of_range_partner_is_clamped_and_reported(problem):
         raise_for_status(info.status)
 
 
-def test_deferred_escalation_warns_then_raises_like_eager(problem):
-    zeros = torch.zeros_like(problem.support_features)  # trace 0: lam stays 0
-    tensors = (zeros, *problem.tensors[1:])
-    _, info = isa_krr_loss(*tensors, backend="torch", checks="deferred", return_info=True)
+def test_deferred_escalation_warns_then_raises_like_eager():
+    from test_errors import indefinite_in_float32
+
+    tensors, options = indefinite_in_float32()
+    _, info = isa_krr_loss(*tensors, backend="torch", checks="deferred", return_info=True,
+                           **options)
     status = Status(int(info.status))
     assert status & Status.NOT_POSITIVE_DEFINITE
     assert all(status & bit for bit in ESCALATIONS)
@@ -76,6 +78,16 @@ def test_deferred_escalation_warns_then_raises_like_eager(problem):
         with pytest.raises(NotPositiveDefiniteError, match="not positive definite"):
             raise_for_status(info.status)
     assert len(record) == 3
+
+
+def test_deferred_kernel_overflow_is_reported_before_the_ridge():
+    g = torch.Generator().manual_seed(1)
+    fs, ys = torch.randn(4, 6, generator=g) * 1e20, torch.randn(4, 3, generator=g)
+    ft, yt = torch.randn(8, 6, generator=g), torch.randn(8, 3, generator=g)
+    _, info = isa_krr_loss(fs, ys, ft, yt, backend="torch", checks="deferred", return_info=True)
+    assert Status(int(info.status)) & Status.KERNEL_OVERFLOW
+    with pytest.raises(FloatingPointError, match="kernel F_S F_S\\^T overflowed"):
+        raise_for_status(info.status)
 
 
 def test_deferred_error_without_info_fails_a_device_assertion(problem):

@@ -9,6 +9,7 @@ from conftest import BACKENDS, random_problem
 import isa_distill._torch_backend as torch_backend
 from isa_distill import NotPositiveDefiniteError, isa_krr_loss, krr_predict
 from isa_distill.checks import ESCALATIONS, Status
+from isa_distill.reference import reference_isa_krr_loss
 
 
 @pytest.fixture
@@ -173,15 +174,48 @@ def test_predict_validates_too(problem):
         krr_predict(*problem.tensors[:3], solver="cg")
 
 
+def indefinite_in_float32():
+    """A rank-2 6 x 6 dual system with an absolute ridge far below float32 rounding: every
+    escalation (1e-29, 1e-28, 1e-27) still fails to factor."""
+    g = torch.Generator().manual_seed(0)
+    tensors = [torch.randn(shape, generator=g) for shape in ((6, 2), (6, 3), (8, 2), (8, 3))]
+    options = dict(solver="dual", reg_mode="absolute", reg=1e-30, solve_dtype=torch.float32)
+    return tensors, options
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_zero_support_warns_then_raises_not_positive_definite(problem, backend):
-    # trace(K) = 0 gives lam = 0 however often it is escalated.
-    zeros = torch.zeros_like(problem.support_features)
-    with pytest.warns(RuntimeWarning, match="retrying with lam=0.000e") as record:
+def test_indefinite_system_warns_then_raises_not_positive_definite(backend):
+    tensors, options = indefinite_in_float32()
+    with pytest.warns(RuntimeWarning, match="retrying with lam=1.000e-2") as record:
         with pytest.raises(NotPositiveDefiniteError, match="not positive definite"):
-            call(problem, support_features=zeros, backend=backend)
+            isa_krr_loss(*tensors, backend=backend, **options)
     assert len(record) == 3
     assert issubclass(NotPositiveDefiniteError, torch.linalg.LinAlgError)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_all_zero_support_features_fall_back_to_an_absolute_ridge(problem, backend):
+    # trace(K) = 0 would make lam 0 however often it is escalated; lam = reg instead, and with
+    # K = 0 the predictions are exactly zero, the oracle's answer.
+    zeros = torch.zeros_like(problem.support_features)
+    tensors = (zeros, *problem.tensors[1:])
+    leaves = [t.clone().requires_grad_(True) for t in tensors]
+    loss = isa_krr_loss(*leaves, backend=backend, reduction="none")
+    expected, _ = reference_isa_krr_loss(*tensors, reduction="none")
+    torch.testing.assert_close(loss, expected)
+    loss.sum().backward()
+    assert all(torch.isfinite(t.grad).all() for t in leaves)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_overflowing_kernel_names_the_cause(backend):
+    g = torch.Generator().manual_seed(1)
+    fs, ys = torch.randn(4, 6, generator=g) * 1e20, torch.randn(4, 3, generator=g)
+    ft, yt = torch.randn(8, 6, generator=g), torch.randn(8, 3, generator=g)
+    with pytest.raises(FloatingPointError, match="kernel F_S F_S\\^T overflowed"):
+        isa_krr_loss(fs, ys, ft, yt, backend=backend)
+    with pytest.raises(FloatingPointError, match="kernel F_S F_S\\^T overflowed"):
+        krr_predict(fs, ys, ft, backend=backend)
 
 
 @pytest.mark.parametrize(("smallest", "escalations"), [(0.5, 0), (-0.5, 1), (-5.0, 2),

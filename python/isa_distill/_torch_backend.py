@@ -48,11 +48,20 @@ def kept_count(n: int, discard: float) -> int:
     return n - math.floor(discard * n)
 
 
-def ridge(gram_trace: Tensor, m: int, reg: float, reg_mode: str) -> Tensor:
-    """lam = reg * trace(K) / M in trace mode, lam = reg in absolute mode (0-d, trace's dtype)."""
+def gram_trace(f_s: Tensor) -> Tensor:
+    """trace(K) = ||F_S||_F^2, accumulated in float64 from the features (as krr.rs does)."""
+    return f_s.to(torch.float64).square().sum()
+
+
+def ridge(trace: Tensor, m: int, reg: float, reg_mode: str) -> Tensor:
+    """lam = reg * trace(K) / M in trace mode, lam = reg in absolute mode (0-d float64).
+
+    All-zero support features (trace 0) would give lam = 0 however often it is escalated; the
+    trace rule then falls back to lam = reg (K = 0, so any positive ridge gives the exact
+    answer: predictions of zero)."""
     if reg_mode == "trace":
-        return gram_trace * (reg / m)
-    return torch.full((), reg, dtype=gram_trace.dtype, device=gram_trace.device)
+        return torch.where(trace > 0, trace * (reg / m), reg)
+    return torch.full((), reg, dtype=torch.float64, device=trace.device)
 
 
 def factor_with_escalation(system: Tensor, lam: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -99,11 +108,12 @@ def krr_fit(
     m, d = f_s.shape
     primal = uses_primal(solver, m, d)
     solve_dtype = torch.float64 if solve_f64 else f_s.dtype
-    system = (f_s.T @ f_s if primal else f_s @ f_s.T).to(solve_dtype)
-    lam = ridge(system.diagonal().sum(), m, reg, reg_mode)
-    chol, lam, status = factor_with_escalation(system, lam)
+    gram = f_s.T @ f_s if primal else f_s @ f_s.T
+    overflow = checks.flag(~torch.isfinite(gram).all(), checks.Status.KERNEL_OVERFLOW)
+    lam = ridge(gram_trace(f_s), m, reg, reg_mode)
+    chol, lam, status = factor_with_escalation(gram.to(solve_dtype), lam.to(solve_dtype))
     rhs = f_s.T @ y_s if primal else y_s
-    return solve_with_factor(rhs, chol), chol, lam.to(torch.float64), status
+    return solve_with_factor(rhs, chol), chol, lam.to(torch.float64), status | overflow
 
 
 def krr_apply(f_s: Tensor, coef: Tensor, f_q: Tensor, *, primal: bool) -> Tensor:
@@ -148,9 +158,10 @@ def krr_backward(
         d_fs = w @ (grad_pred.T @ f_q) - v @ w_fs - w @ (v.T @ f_s)
         lam_sensitivity = -(v * w).sum()
     if reg_mode == "trace":
-        gram_trace = f_s.to(torch.float64).square().sum()
-        scale = (2.0 * lam / gram_trace * lam_sensitivity).to(f_s.dtype)
-        d_fs = d_fs + scale * f_s
+        # d lam / d F_S = (2 lam / trace K) F_S; zero where the rule fell back to lam = reg.
+        trace = gram_trace(f_s)
+        scale = torch.where(trace > 0, 2.0 * lam / trace, 0.0) * lam_sensitivity
+        d_fs = d_fs + scale.to(f_s.dtype) * f_s
     return d_fs, d_ys, d_fq
 
 

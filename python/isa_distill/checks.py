@@ -52,6 +52,7 @@ class Status(enum.IntFlag):
     NOT_POSITIVE_DEFINITE = 1 << 8
     NONFINITE_RESULT = 1 << 9
     NONFINITE_GRADIENT = 1 << 10
+    KERNEL_OVERFLOW = 1 << 11  # K = F_S F_S^T exceeded the input type's range
 
 
 ESCALATIONS = (Status.RIDGE_ESCALATED_ONCE, Status.RIDGE_ESCALATED_TWICE,
@@ -60,7 +61,7 @@ NONFINITE_ARGS = (Status.NONFINITE_ARG0, Status.NONFINITE_ARG1, Status.NONFINITE
                   Status.NONFINITE_ARG3)
 ERRORS = (Status.NONFINITE_ARG0 | Status.NONFINITE_ARG1 | Status.NONFINITE_ARG2
           | Status.NONFINITE_ARG3 | Status.PARTNER_OUT_OF_RANGE | Status.NOT_POSITIVE_DEFINITE
-          | Status.NONFINITE_RESULT | Status.NONFINITE_GRADIENT)
+          | Status.NONFINITE_RESULT | Status.NONFINITE_GRADIENT | Status.KERNEL_OVERFLOW)
 
 
 def resolve_mode(checks: str) -> str:
@@ -112,7 +113,8 @@ def raise_for_status(
     """Read ``status`` (one host synchronisation) and raise or warn as eager checks would.
 
     Errors, in this order: NaN/Inf in an argument (``ValueError``), an out-of-range explicit
-    partner (``ValueError``), a ridge system still indefinite after escalation
+    partner (``ValueError``), an overflowing kernel F_S F_S^T (``FloatingPointError``), a ridge
+    system still indefinite after escalation
     (``NotPositiveDefiniteError``, after the escalation warnings), a non-finite loss, prediction
     or gradient from finite inputs (``FloatingPointError``: the computation overflowed). Ridge
     escalations give one ``RuntimeWarning`` per escalation step; ``lam`` (the ridge finally
@@ -125,12 +127,17 @@ def raise_for_status(
             raise ValueError(f"{name} contains NaN or Inf; all inputs must be finite")
     if value & Status.PARTNER_OUT_OF_RANGE:
         raise ValueError("partner indices must lie in [0, N)")
+    if value & Status.KERNEL_OVERFLOW:  # before the ridge: its failure would only follow from it
+        raise FloatingPointError(
+            f"{where}: the kernel F_S F_S^T overflowed although every input is finite; rescale "
+            "the support features (e.g. normalise them)"
+        )
     warn_escalations(sum(bool(value & bit) for bit in ESCALATIONS), lam)
     if value & Status.NOT_POSITIVE_DEFINITE:
         final = "" if lam is None else f" even with lam={float(lam):.3e}"  # lam * 1000
         raise NotPositiveDefiniteError(
             f"{where}: the ridge system is not positive definite{final} (escalated 3 times by "
-            "10); increase reg, or check that the support features are not all zero"
+            "10); increase reg"
         )
     if value & Status.NONFINITE_RESULT:
         raise FloatingPointError(

@@ -14,9 +14,10 @@ from torch import Tensor
 
 
 def reference_ridge(f_s: Tensor, reg: float, reg_mode: str) -> Tensor:
-    """lam = reg * trace(F_S F_S^T) / M, or reg."""
-    if reg_mode == "trace":
-        return reg * torch.trace(f_s @ f_s.T) / f_s.shape[0]
+    """lam = reg * trace(F_S F_S^T) / M, or reg (also when the trace is 0)."""
+    trace = torch.trace(f_s @ f_s.T)
+    if reg_mode == "trace" and trace > 0:
+        return reg * trace / f_s.shape[0]
     return torch.tensor(reg, dtype=f_s.dtype)
 
 

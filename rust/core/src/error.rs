@@ -39,6 +39,8 @@ pub enum CoreError {
         low: i64,
         high: i64,
     },
+    /// A product of finite inputs exceeded the input type's range (`what` names it).
+    Overflow { what: &'static str },
     /// The ridge system stayed indefinite after escalating lam by 10, 100 and 1000.
     /// `lam` is the last ridge tried; `escalations` every escalated ridge, in order.
     NotPositiveDefinite { lam: f64, escalations: Vec<f64> },
@@ -49,7 +51,9 @@ impl CoreError {
     pub fn is_validation(&self) -> bool {
         !matches!(
             self,
-            CoreError::NotPositiveDefinite { .. } | CoreError::DType { .. }
+            CoreError::NotPositiveDefinite { .. }
+                | CoreError::DType { .. }
+                | CoreError::Overflow { .. }
         )
     }
 }
@@ -79,6 +83,11 @@ impl fmt::Display for CoreError {
             } => write!(
                 f,
                 "{arg}[{position}] = {value}: expected a value in [{low}, {high}]"
+            ),
+            CoreError::Overflow { what } => write!(
+                f,
+                "{what} overflowed although every input is finite; rescale the support \
+                 features (e.g. normalise them)"
             ),
             CoreError::NotPositiveDefinite { lam, .. } => write!(
                 f,

@@ -96,6 +96,11 @@ pub(crate) fn fit<T: Float>(
         Form::Dual => (gram(fs), RowMajor::from_faer(labels.faer())),
         Form::Primal => (gram(fs.transpose()), product(fs.transpose(), labels.faer())),
     };
+    if !all_finite(&gram.data) {
+        return Err(CoreError::Overflow {
+            what: "the kernel F_S F_S^T",
+        });
+    }
     let lam = reg_mode.lam(reg, gram_trace(support), support.rows());
     if solve_f64 {
         let solved = factor_and_solve(gram.cast::<f64>(), rhs.cast::<f64>(), lam)?;

@@ -54,11 +54,13 @@ impl RegMode {
         }
     }
 
-    /// The ridge for a given `reg`, trace(K) and M.
+    /// The ridge for a given `reg`, trace(K) and M. All-zero support features (trace 0) would
+    /// give lam = 0 however often it is escalated; the trace rule then falls back to lam = reg
+    /// (K = 0, so any positive ridge gives the exact answer: predictions of zero).
     pub fn lam(self, reg: f64, trace: f64, m: usize) -> f64 {
         match self {
-            Self::Trace => reg * trace / m as f64,
-            Self::Absolute => reg,
+            Self::Trace if trace > 0.0 => reg * trace / m as f64,
+            Self::Trace | Self::Absolute => reg,
         }
     }
 }

@@ -26,6 +26,7 @@ fn arg_of(err: &CoreError) -> &'static str {
         | CoreError::NonFinite { arg }
         | CoreError::PartnerOutOfRange { arg, .. } => arg,
         CoreError::NotPositiveDefinite { .. } => "lam",
+        CoreError::Overflow { .. } => "support_features",
     }
 }
 

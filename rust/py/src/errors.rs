@@ -3,17 +3,19 @@
 use std::ffi::CString;
 
 use isa_core::{format_lam, CoreError};
-use pyo3::exceptions::{PyRuntimeWarning, PyTypeError, PyValueError};
+use pyo3::exceptions::{PyFloatingPointError, PyRuntimeWarning, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyType;
 
-/// Validation errors -> `ValueError`, wrong dtypes -> `TypeError`, an indefinite ridge system
-/// -> `isa_distill.errors.NotPositiveDefiniteError` (imported when raised, so this module does
-/// not import torch at load time).
+/// Validation errors -> `ValueError`, wrong dtypes -> `TypeError`, overflow ->
+/// `FloatingPointError`, an indefinite ridge system ->
+/// `isa_distill.errors.NotPositiveDefiniteError` (imported when raised, so this module does not
+/// import torch at load time).
 pub(crate) fn to_py_err(py: Python<'_>, err: CoreError) -> PyErr {
     let message = err.to_string();
     match err {
         CoreError::DType { .. } => PyTypeError::new_err(message),
+        CoreError::Overflow { .. } => PyFloatingPointError::new_err(message),
         CoreError::NotPositiveDefinite { .. } => not_positive_definite(py, message),
         _ => PyValueError::new_err(message),
     }
