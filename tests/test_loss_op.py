@@ -135,3 +135,26 @@ def test_public_surface():
         "raise_for_status",
     }
     assert isinstance(isa_distill.__version__, str) and isa_distill.__version__
+
+
+def test_the_rust_kernel_follows_torch_threads(monkeypatch):
+    pytest.importorskip("isa_distill._core")
+    from isa_distill import _core, _rust_backend
+
+    assert [_core.parallelism(n) for n in (1, 3)] == [1, 3]
+    seen = []
+    real = _core.isa_krr_forward
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["threads"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(_rust_backend._core, "isa_krr_forward", spy)
+    problem = random_problem(4, 5, 6, 2, seed=0)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        isa_krr_loss(*problem.tensors, backend="rust")
+    finally:
+        torch.set_num_threads(threads)
+    assert seen == [1]

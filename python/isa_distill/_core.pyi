@@ -9,6 +9,7 @@ import numpy.typing as npt
 
 __all__ = [
     "__version__",
+    "parallelism",
     "isa_krr_forward",
     "isa_krr_backward",
     "krr_predict_forward",
@@ -19,6 +20,9 @@ __version__: str
 
 _Floats = npt.NDArray[np.floating]
 _Indices = npt.NDArray[np.int64]
+
+def parallelism(threads: int = 0) -> int:
+    """The number of threads a call with ``threads`` computes with (0: all cores)."""
 
 def isa_krr_forward(
     support_features: _Floats,
@@ -34,6 +38,7 @@ def isa_krr_forward(
     discard: float = 0.2,
     epsilon: float = 1.0,
     solve_f64: bool = True,
+    threads: int = 0,
 ) -> tuple[_Floats, _Floats, _Indices, _Indices, _Floats, _Floats, _Floats, float]:
     """Returns (losses, plain, kept, partner, residual, coef, factor, lam)."""
 
@@ -53,6 +58,7 @@ def isa_krr_backward(
     reg_mode: str = "trace",
     solver: str = "auto",
     epsilon: float = 1.0,
+    threads: int = 0,
 ) -> tuple[_Floats, _Floats, _Floats, _Floats]:
     """Returns (d_support_features, d_support_labels, d_target_features, d_target_labels)."""
 
@@ -65,6 +71,7 @@ def krr_predict_forward(
     reg_mode: str = "trace",
     solver: str = "auto",
     solve_f64: bool = True,
+    threads: int = 0,
 ) -> tuple[_Floats, _Floats, _Floats, float]:
     """Returns (pred, coef, factor, lam)."""
 
@@ -79,5 +86,6 @@ def krr_predict_backward(
     lam: float,
     reg_mode: str = "trace",
     solver: str = "auto",
+    threads: int = 0,
 ) -> tuple[_Floats, _Floats, _Floats]:
     """Returns (d_support_features, d_support_labels, d_query_features)."""

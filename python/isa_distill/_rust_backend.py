@@ -2,7 +2,8 @@
 
 Same functions, arguments and outputs as ``_torch_backend`` (see docs/design.md). Tensors cross
 as numpy arrays without copies (``Tensor.numpy()`` / ``torch.from_numpy``); the bindings copy
-them into owned buffers before releasing the GIL.
+them into owned buffers before releasing the GIL. Every call computes with
+``torch.get_num_threads()`` threads, so ``torch.set_num_threads`` limits the kernel too.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ def forward(
         _to_numpy(f_t),
         _to_numpy(y_t),
         _to_numpy(partner_index),
+        threads=torch.get_num_threads(),
         **options,
     )
     return (*map(_to_torch, arrays), _lam_tensor(lam), _ok_status())
@@ -68,14 +70,16 @@ def backward(
 ) -> tuple[Tensor, ...]:
     """(dF_S, dY_S, dF_T, dY_T)."""
     tensors = (f_s, y_s, f_t, y_t, grad_losses, kept, partner, residual, coef, factor)
-    grads = _core.isa_krr_backward(*map(_to_numpy, tensors), lam=float(lam), **options)
+    grads = _core.isa_krr_backward(*map(_to_numpy, tensors), lam=float(lam),
+                                   threads=torch.get_num_threads(), **options)
     return tuple(map(_to_torch, grads))
 
 
 def predict_forward(f_s: Tensor, y_s: Tensor, f_q: Tensor, **options: object) -> tuple[Tensor, ...]:
     """(pred, coef, factor, lam, status)."""
     *arrays, lam = _core.krr_predict_forward(
-        _to_numpy(f_s), _to_numpy(y_s), _to_numpy(f_q), **options
+        _to_numpy(f_s), _to_numpy(y_s), _to_numpy(f_q), threads=torch.get_num_threads(),
+        **options,
     )
     return (*map(_to_torch, arrays), _lam_tensor(lam), _ok_status())
 
@@ -93,5 +97,6 @@ def predict_backward(
 ) -> tuple[Tensor, ...]:
     """(dF_S, dY_S, dF_Q)."""
     tensors = (f_s, y_s, f_q, grad_pred, coef, factor)
-    grads = _core.krr_predict_backward(*map(_to_numpy, tensors), lam=float(lam), **options)
+    grads = _core.krr_predict_backward(*map(_to_numpy, tensors), lam=float(lam),
+                                       threads=torch.get_num_threads(), **options)
     return tuple(map(_to_torch, grads))

@@ -20,8 +20,13 @@ use crate::options::{Form, RegMode};
 /// Escalations tried after the first factorization fails: lam * 10^k for these k.
 const ESCALATION_POWERS: [i32; 3] = [1, 2, 3];
 
-fn par() -> faer::Par {
-    faer::get_global_parallelism()
+/// The parallelism of the products: the threads of the rayon pool this call runs in (the
+/// bindings run each call in a pool of the caller's size; elsewhere rayon's global pool).
+pub(crate) fn par() -> faer::Par {
+    match rayon::current_num_threads() {
+        0 | 1 => faer::Par::Seq,
+        threads => faer::Par::rayon(threads),
+    }
 }
 
 /// lhs * rhs as a new row-major matrix.

@@ -16,6 +16,7 @@
 
 use faer::Accum;
 
+use crate::krr::par;
 use crate::matrix::{Float, MatView, RowMajor};
 use crate::scratch;
 
@@ -126,7 +127,7 @@ fn shortlists<T: Float>(units: &RowMajor<T>, width: f64) -> Vec<Shortlist> {
                 lhs,
                 rhs,
                 T::from_f64(1.0),
-                faer::get_global_parallelism(),
+                par(),
             );
             for r in row_start..row_end {
                 for c in col_start..col_end.min(r) {

@@ -7,6 +7,7 @@
 
 mod convert;
 mod errors;
+mod threads;
 
 use convert::{float_kind, indices, matrix, to_numpy_matrix, to_numpy_vector, vector, FloatKind};
 use errors::{finish, to_py_err};
@@ -17,6 +18,7 @@ use isa_core::{
 use numpy::Element;
 use pyo3::prelude::*;
 use pyo3::types::PyTuple;
+use threads::with_threads;
 
 /// An element type the bindings accept: both the kernels and numpy know it.
 trait Scalar: Float + Element {}
@@ -30,6 +32,8 @@ struct Arrays<'a, 'py> {
     targets: &'a Bound<'py, PyAny>,
     /// Y_T for the ISA functions, grad_pred for the prediction backward, with its name.
     labels: Option<(&'a Bound<'py, PyAny>, &'static str)>,
+    /// Threads of the computation (`threads::with_threads`; 0: rayon's global pool).
+    threads: usize,
 }
 
 /// Owned copies of [`Arrays`] in the input type.
@@ -110,7 +114,7 @@ fn lam_to_python(py: Python<'_>, lam: f64) -> PyResult<Bound<'_, PyAny>> {
 #[pyo3(signature = (
     support_features, support_labels, target_features, target_labels, partner_index, *,
     partner_mode = "nearest", reg = 1e-6, reg_mode = "trace", solver = "auto", discard = 0.2,
-    epsilon = 1.0, solve_f64 = true,
+    epsilon = 1.0, solve_f64 = true, threads = 0,
 ))]
 #[allow(clippy::too_many_arguments)]
 fn isa_krr_forward<'py>(
@@ -127,12 +131,14 @@ fn isa_krr_forward<'py>(
     discard: f64,
     epsilon: f64,
     solve_f64: bool,
+    threads: usize,
 ) -> PyResult<Bound<'py, PyTuple>> {
     let arrays = Arrays {
         support_features,
         support_labels,
         targets: target_features,
         labels: Some((target_labels, "target_labels")),
+        threads,
     };
     let parsed = || -> Result<(IsaOptions, Vec<i64>), CoreError> {
         let krr = KrrOptions {
@@ -167,16 +173,19 @@ fn forward_typed<'py, T: Scalar>(
     let owned = arrays
         .copy::<T>("target_features")
         .map_err(|e| to_py_err(py, e))?;
+    let threads = arrays.threads;
     let result = py.detach(|| {
-        let partners = Partners::parse(partner_mode, &index)?;
-        isa_core::isa_krr_forward(
-            owned.support_features.view(),
-            owned.support_labels.view(),
-            owned.targets.view(),
-            labels(&owned, "target_labels")?.view(),
-            partners,
-            &options,
-        )
+        with_threads(threads, || {
+            let partners = Partners::parse(partner_mode, &index)?;
+            isa_core::isa_krr_forward(
+                owned.support_features.view(),
+                owned.support_labels.view(),
+                owned.targets.view(),
+                labels(&owned, "target_labels")?.view(),
+                partners,
+                &options,
+            )
+        })
     });
     let out = finish(py, result, |out| &out.escalations)?;
     tuple(
@@ -212,6 +221,7 @@ struct IsaBackwardArgs<'a, 'py> {
 #[pyo3(signature = (
     support_features, support_labels, target_features, target_labels, grad_losses, kept,
     partner, residual, coef, factor, *, lam, reg_mode = "trace", solver = "auto", epsilon = 1.0,
+    threads = 0,
 ))]
 #[allow(clippy::too_many_arguments)]
 fn isa_krr_backward<'py>(
@@ -230,12 +240,14 @@ fn isa_krr_backward<'py>(
     reg_mode: &str,
     solver: &str,
     epsilon: f64,
+    threads: usize,
 ) -> PyResult<Bound<'py, PyTuple>> {
     let arrays = Arrays {
         support_features,
         support_labels,
         targets: target_features,
         labels: Some((target_labels, "target_labels")),
+        threads,
     };
     let parsed = || -> Result<IsaBackwardArgs<'_, 'py>, CoreError> {
         Ok(IsaBackwardArgs {
@@ -276,26 +288,29 @@ fn backward_typed<'py, T: Scalar>(
     };
     let (owned, grad_losses, residual, coef, factor) = copied().map_err(|e| to_py_err(py, e))?;
     let (kept, partner, lam, options) = (&args.kept, &args.partner, args.lam, &args.options);
+    let threads = arrays.threads;
     let result = py.detach(|| {
-        let saved = IsaSaved {
-            kept,
-            partner,
-            residual: residual.view(),
-            fit: FitView {
-                coef: coef.view(),
-                factor: factor.view(),
-                lam,
-            },
-        };
-        isa_core::isa_krr_backward(
-            owned.support_features.view(),
-            owned.support_labels.view(),
-            owned.targets.view(),
-            labels(&owned, "target_labels")?.view(),
-            &grad_losses,
-            saved,
-            options,
-        )
+        with_threads(threads, || {
+            let saved = IsaSaved {
+                kept,
+                partner,
+                residual: residual.view(),
+                fit: FitView {
+                    coef: coef.view(),
+                    factor: factor.view(),
+                    lam,
+                },
+            };
+            isa_core::isa_krr_backward(
+                owned.support_features.view(),
+                owned.support_labels.view(),
+                owned.targets.view(),
+                labels(&owned, "target_labels")?.view(),
+                &grad_losses,
+                saved,
+                options,
+            )
+        })
     });
     let grads = result.map_err(|e| to_py_err(py, e))?;
     tuple(
@@ -313,7 +328,7 @@ fn backward_typed<'py, T: Scalar>(
 #[pyfunction]
 #[pyo3(signature = (
     support_features, support_labels, query_features, *, reg = 1e-6, reg_mode = "trace",
-    solver = "auto", solve_f64 = true,
+    solver = "auto", solve_f64 = true, threads = 0,
 ))]
 #[allow(clippy::too_many_arguments)]
 fn krr_predict_forward<'py>(
@@ -325,12 +340,14 @@ fn krr_predict_forward<'py>(
     reg_mode: &str,
     solver: &str,
     solve_f64: bool,
+    threads: usize,
 ) -> PyResult<Bound<'py, PyTuple>> {
     let arrays = Arrays {
         support_features,
         support_labels,
         targets: query_features,
         labels: None,
+        threads,
     };
     let parsed = || -> Result<KrrOptions, CoreError> {
         Ok(KrrOptions {
@@ -355,13 +372,16 @@ fn predict_typed<'py, T: Scalar>(
     let owned = arrays
         .copy::<T>("query_features")
         .map_err(|e| to_py_err(py, e))?;
+    let threads = arrays.threads;
     let result = py.detach(|| {
-        isa_core::krr_predict_forward(
-            owned.support_features.view(),
-            owned.support_labels.view(),
-            owned.targets.view(),
-            options,
-        )
+        with_threads(threads, || {
+            isa_core::krr_predict_forward(
+                owned.support_features.view(),
+                owned.support_labels.view(),
+                owned.targets.view(),
+                options,
+            )
+        })
     });
     let out = finish(py, result, |out| &out.escalations)?;
     tuple(
@@ -380,7 +400,7 @@ fn predict_typed<'py, T: Scalar>(
 #[pyfunction]
 #[pyo3(signature = (
     support_features, support_labels, query_features, grad_pred, coef, factor, *, lam,
-    reg_mode = "trace", solver = "auto",
+    reg_mode = "trace", solver = "auto", threads = 0,
 ))]
 #[allow(clippy::too_many_arguments)]
 fn krr_predict_backward<'py>(
@@ -394,12 +414,14 @@ fn krr_predict_backward<'py>(
     lam: f64,
     reg_mode: &str,
     solver: &str,
+    threads: usize,
 ) -> PyResult<Bound<'py, PyTuple>> {
     let arrays = Arrays {
         support_features,
         support_labels,
         targets: query_features,
         labels: Some((grad_pred, "grad_pred")),
+        threads,
     };
     let parsed = || -> Result<BackwardOptions, CoreError> {
         Ok(BackwardOptions {
@@ -432,20 +454,23 @@ fn predict_backward_typed<'py, T: Scalar>(
         ))
     };
     let (owned, coef, factor) = copied().map_err(|e| to_py_err(py, e))?;
+    let threads = arrays.threads;
     let result = py.detach(|| {
-        let grad_pred = labels(&owned, "grad_pred")?;
-        isa_core::krr_predict_backward(
-            owned.support_features.view(),
-            owned.support_labels.view(),
-            owned.targets.view(),
-            grad_pred.view(),
-            FitView {
-                coef: coef.view(),
-                factor: factor.view(),
-                lam,
-            },
-            options,
-        )
+        with_threads(threads, || {
+            let grad_pred = labels(&owned, "grad_pred")?;
+            isa_core::krr_predict_backward(
+                owned.support_features.view(),
+                owned.support_labels.view(),
+                owned.targets.view(),
+                grad_pred.view(),
+                FitView {
+                    coef: coef.view(),
+                    factor: factor.view(),
+                    lam,
+                },
+                options,
+            )
+        })
     });
     let grads = result.map_err(|e| to_py_err(py, e))?;
     tuple(
@@ -458,9 +483,17 @@ fn predict_backward_typed<'py, T: Scalar>(
     )
 }
 
+/// The number of threads a call with `threads` computes with (0: rayon's global pool).
+#[pyfunction]
+#[pyo3(signature = (threads = 0))]
+fn parallelism(threads: usize) -> usize {
+    with_threads(threads, rayon::current_num_threads)
+}
+
 #[pymodule]
 fn _core(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    module.add_function(wrap_pyfunction!(parallelism, module)?)?;
     module.add_function(wrap_pyfunction!(isa_krr_forward, module)?)?;
     module.add_function(wrap_pyfunction!(isa_krr_backward, module)?)?;
     module.add_function(wrap_pyfunction!(krr_predict_forward, module)?)?;
