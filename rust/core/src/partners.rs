@@ -104,40 +104,38 @@ impl Shortlist {
     }
 }
 
-/// Every row's shortlist from the type-`T` similarities of the lower triangle, block by block;
-/// each product (r, c), c < r, is offered to both rows.
+/// Every row's shortlist from the type-`T` similarities of the lower triangle, in strips of
+/// [`BLOCK`] rows against all columns before the strip's end (few large products run far
+/// faster than many small ones); each product (r, c), c < r, is offered to both rows.
 fn shortlists<T: Float>(units: &RowMajor<T>, width: f64) -> Vec<Shortlist> {
     let n = units.rows;
     let mut lists = vec![Shortlist::default(); n];
-    let mut block = RowMajor::zeros(BLOCK, BLOCK);
+    let mut strip = scratch::buffer::<T>(BLOCK.min(n) * n);
+    strip.resize(BLOCK.min(n) * n, T::from_f64(0.0));
     for row_start in (0..n).step_by(BLOCK) {
-        let row_end = (row_start + BLOCK).min(n);
-        let lhs = units.faer().subrows(row_start, row_end - row_start);
-        for col_start in (0..row_end).step_by(BLOCK) {
-            let col_end = (col_start + BLOCK).min(row_end);
-            let rhs = units
-                .faer()
-                .subrows(col_start, col_end - col_start)
-                .transpose();
-            let (rows, cols) = (row_end - row_start, col_end - col_start);
-            let mut out = block.faer_mut().submatrix_mut(0, 0, rows, cols);
-            faer::linalg::matmul::matmul(
-                out.as_mut(),
-                Accum::Replace,
-                lhs,
-                rhs,
-                T::from_f64(1.0),
-                par(),
-            );
-            for r in row_start..row_end {
-                for c in col_start..col_end.min(r) {
-                    let score = out[(r - row_start, c - col_start)].to_f64();
-                    lists[r].offer(score, c, width);
-                    lists[c].offer(score, r, width);
-                }
+        let (rows, cols) = (
+            (row_start + BLOCK).min(n) - row_start,
+            (row_start + BLOCK).min(n),
+        );
+        let mut out = faer::MatMut::from_row_major_slice_mut(&mut strip[..rows * cols], rows, cols);
+        faer::linalg::matmul::matmul(
+            out.as_mut(),
+            Accum::Replace,
+            units.faer().subrows(row_start, rows),
+            units.faer().subrows(0, cols).transpose(),
+            T::from_f64(1.0),
+            par(),
+        );
+        for (k, r) in (row_start..row_start + rows).enumerate() {
+            let scores = &strip[k * cols..k * cols + r];
+            for (c, &score) in scores.iter().enumerate() {
+                let score = score.to_f64();
+                lists[r].offer(score, c, width);
+                lists[c].offer(score, r, width);
             }
         }
     }
+    scratch::recycle(strip);
     lists
 }
 
