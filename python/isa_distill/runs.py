@@ -103,8 +103,9 @@ def library_version() -> str:
     return __version__
 
 
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Call ``write(tmp)`` on a temporary sibling of ``path``, fsync it, then move it into place."""
+def synced_sibling(path: Path, write: Callable[[Path], None]) -> Path:
+    """A temporary sibling of ``path`` holding what ``write(tmp)`` wrote, fsynced (removed
+    again if writing fails)."""
     handle, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(handle)
     tmp = Path(tmp_name)
@@ -112,10 +113,16 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
         write(tmp)
         with open(tmp, "rb") as written:
             os.fsync(written.fileno())
-        os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    return tmp
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Write ``path`` through a synced temporary sibling moved into place: a kill leaves the old
+    or the new version, never half of one."""
+    os.replace(synced_sibling(path, write), path)
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -140,18 +147,8 @@ class StagedFile:
 
     @classmethod
     def write(cls, path: Path, write: Callable[[Path], None]) -> StagedFile:
-        handle, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.",
-                                            suffix=".tmp")
-        os.close(handle)
-        tmp = Path(tmp_name)
-        try:
-            write(tmp)
-            with open(tmp, "rb") as written:
-                os.fsync(written.fileno())
-            return cls(path, tmp, file_sha256(tmp))
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        tmp = synced_sibling(path, write)
+        return cls(path, tmp, file_sha256(tmp))
 
     def move_into_place(self) -> None:
         os.replace(self.tmp, self.path)
