@@ -96,11 +96,15 @@ def launch(timeout: float = DEFAULT_TIMEOUT) -> Iterator[SingleProcess]:
 
 
 class Ranks(SingleProcess):
-    """The ranks of a torchrun launch; rank 0 writes the run directory."""
+    """The ranks of a torchrun launch; rank 0 writes the run directory.
 
-    def __init__(self, timeout: float) -> None:
-        self.rank = dist.get_rank()
-        self.world_size = dist.get_world_size()
+    ``group``: the process group of every rank to talk through (None: the launch's), e.g. one
+    created with another timeout; ``timeout`` is its timeout, quoted in errors."""
+
+    def __init__(self, timeout: float, group: dist.ProcessGroup | None = None) -> None:
+        self.group = group
+        self.rank = dist.get_rank(group)
+        self.world_size = dist.get_world_size(group)
         self.local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", self.world_size))
         self.timeout = timeout
 
@@ -118,29 +122,29 @@ class Ranks(SingleProcess):
                 f"the other ranks' errors. ({reason})"
             ) from error
 
-    def gather_rows(self, local: Tensor, sizes: list[int]) -> Tensor:
+    def gather_rows(self, local: Tensor, sizes: list[int], what: str = "features") -> Tensor:
         """The ranks' row blocks (rank r's has sizes[r] rows) concatenated in rank order."""
         width = max(sizes)
         if len(local) < width:  # all_gather_into_tensor needs equal blocks: pad, then trim
             local = torch.cat([local, local.new_zeros((width - len(local), *local.shape[1:]))])
         gathered = local.new_empty((self.world_size * width, *local.shape[1:]))
-        with self._collective("all_gather of features"):
-            dist.all_gather_into_tensor(gathered, local.contiguous())
+        with self._collective(f"all_gather of {what}"):
+            dist.all_gather_into_tensor(gathered, local.contiguous(), group=self.group)
         if all(size == width for size in sizes):
             return gathered
         return torch.cat([gathered[r * width:r * width + size] for r, size in enumerate(sizes)])
 
     def all_reduce_sum(self, tensor: Tensor) -> None:
         with self._collective("all_reduce of gradients"):
-            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+            dist.all_reduce(tensor, op=dist.ReduceOp.SUM, group=self.group)
 
     def stack(self, tensor: Tensor) -> Tensor:
-        return self.gather_rows(tensor[None], [1] * self.world_size)
+        return self.gather_rows(tensor[None], [1] * self.world_size, "losses and checks")
 
     def _all_gather_object(self, value: Any) -> list[Any]:
         values: list[Any] = [None] * self.world_size
         with self._collective("all_gather of results"):
-            dist.all_gather_object(values, value)
+            dist.all_gather_object(values, value, group=self.group)
         return values
 
     # ------------------------------------------------------------------ the loop's hooks
@@ -201,7 +205,7 @@ class Ranks(SingleProcess):
 
     def _broadcast(self, message: list[Any]) -> None:
         with self._collective("broadcast from rank 0"):
-            dist.broadcast_object_list(message, src=0)
+            dist.broadcast_object_list(message, src=0, group=self.group)
 
     def evaluate(self, evaluate: Callable[..., Any], *args: Any, num_models: int,
                  **options: Any) -> Any:
