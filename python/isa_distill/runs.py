@@ -5,7 +5,7 @@ A run directory holds::
     distilled.safetensors   images and labels (network input space) + the preprocessor tensors
                             under "preprocessor.<name>" (standardisation and ZCA state)
     meta.json               dataset, IPC, classes, preprocessing, label encoding, full config,
-                            seed, steps done, library version
+                            seed, steps done, processes (ranks) that ran it, library version
     checkpoint.pt           torch.save of a plain dict: synthetic set, optimiser state, every pool
                             model with its optimiser and counter, all generator states
     log.csv                 step, loss (= kernel_loss + margin_loss), kernel_loss (the ISA KRR
@@ -76,7 +76,7 @@ REQUIRED_META = {
 }  # fmt: skip
 OPTIONAL_META = {
     "class_names": list, "version": str, "elapsed_seconds": float,
-    "data_root": (str, type(None)), SHA256: dict, PENDING_SHA256: dict,
+    "data_root": (str, type(None)), SHA256: dict, PENDING_SHA256: dict, "world_size": int,
 }  # fmt: skip
 
 
@@ -338,7 +338,7 @@ class Run:
     # ------------------------------------------------------------------ meta.json
 
     def write_meta(self, data, config, preprocessor: Preprocessor, *, flip: bool,
-                   steps_done: int) -> None:
+                   steps_done: int, world_size: int = 1) -> None:
         _, preprocessing = _preprocessor_parts(preprocessor)
         self.meta = {
             "library": "isa-distill",
@@ -358,6 +358,7 @@ class Run:
             "seed": config.seed,
             "config": config.to_dict(),
             "steps_done": steps_done,
+            "world_size": world_size,  # processes (torchrun ranks) distilling it
             "elapsed_seconds": 0.0,
             SHA256: {},
             PENDING_SHA256: {},
@@ -368,10 +369,11 @@ class Run:
         self.meta.update(steps_done=steps_done, elapsed_seconds=round(elapsed, 3))
         self._write_meta_file()
 
-    def record_resume(self, config, *, data_root: str | None) -> None:
-        """Store the config a resumed run continues with (e.g. more ``steps``) and, when known,
-        the data root it was resumed from."""
+    def record_resume(self, config, *, data_root: str | None, world_size: int = 1) -> None:
+        """Store the config a resumed run continues with (e.g. more ``steps``), the number of
+        processes continuing it and, when known, the data root it was resumed from."""
         self.meta["config"] = config.to_dict()
+        self.meta["world_size"] = world_size
         if data_root is not None:
             self.meta["data_root"] = data_root
         self._write_meta_file()
