@@ -4,10 +4,23 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import os
+import shutil
+import tempfile
 from dataclasses import dataclass
 
 import pytest
 import torch
+
+# torch.compile's on-disk caches key compiled graphs on the traced forward, not on the custom
+# ops' backward rules: a cache left by an earlier version of this package replays stale code.
+# Each test session compiles into a fresh directory.
+INDUCTOR_CACHE = tempfile.mkdtemp(prefix="isa-distill-inductor-")
+os.environ["TORCHINDUCTOR_CACHE_DIR"] = INDUCTOR_CACHE
+
+
+def pytest_sessionfinish(session, exitstatus):
+    shutil.rmtree(INDUCTOR_CACHE, ignore_errors=True)
 
 HAS_NATIVE = importlib.util.find_spec("isa_distill._core") is not None
 HAS_CUDA = torch.cuda.is_available()
