@@ -3,9 +3,13 @@ of finite inputs, unsupported dtypes and transforms."""
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 from conftest import BACKENDS, random_problem
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
 import isa_distill._torch_backend as torch_backend
 from isa_distill import NotPositiveDefiniteError, isa_krr_loss, krr_predict
@@ -178,3 +182,37 @@ def test_explicit_eager_checks_under_compile_say_what_to_use(problem):
                              fullgraph=True)
     with pytest.raises(Exception, match="checks='eager' reads tensor values"):
         compiled(*problem.tensors)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@settings(max_examples=40, deadline=None, derandomize=True)
+@given(
+    shape=st.tuples(st.integers(1, 10), st.integers(1, 16), st.integers(3, 24), st.integers(1, 5)),
+    exponents=st.tuples(*[st.floats(-30, 30)] * 4),
+    dtype=st.sampled_from([torch.float32, torch.float64]),
+    epsilon=st.sampled_from([0.0, 1.0, -1.0, 1e3]),
+    discard=st.sampled_from([0.0, 0.2, 0.5]),
+    reg_mode=st.sampled_from(["trace", "absolute"]),
+    seed=st.integers(0, 2**16),
+)
+def test_finite_inputs_give_finite_results_or_a_documented_error(
+    backend, shape, exponents, dtype, epsilon, discard, reg_mode, seed
+):
+    # Any finite input at any scale: a finite loss and finite gradients, or an error that says
+    # what went wrong; never a silent NaN or Inf, never another exception.
+    m, d, n, c = shape
+    g = torch.Generator().manual_seed(seed)
+    tensors = [(torch.randn(s, generator=g, dtype=torch.float64) * 10.0**e).to(dtype)
+               for s, e in zip(((m, d), (m, c), (n, d), (n, c)), exponents)]
+    assume(all(torch.isfinite(t).all() for t in tensors))
+    leaves = [t.clone().requires_grad_(True) for t in tensors]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # ridge escalations are allowed
+        try:
+            loss = isa_krr_loss(*leaves, epsilon=epsilon, discard=discard, reg_mode=reg_mode,
+                                reg=1e-4, backend=backend)
+            loss.backward()
+        except (FloatingPointError, NotPositiveDefiniteError):
+            return
+    assert torch.isfinite(loss)
+    assert all(torch.isfinite(leaf.grad).all() for leaf in leaves)
