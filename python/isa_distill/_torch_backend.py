@@ -189,7 +189,7 @@ def unit_rows(features: Tensor) -> Tensor:
     """The rows scaled to unit length in float64, without under- or overflow (zero rows stay
     zero): divide by the largest magnitude first, then by the norm."""
     unit = features.to(torch.float64, copy=True)  # the one n x d float64 buffer, scaled in place
-    largest = unit.abs().amax(dim=1, keepdim=True)
+    largest = torch.maximum(unit.amax(dim=1, keepdim=True), -unit.amin(dim=1, keepdim=True))
     unit.div_(torch.where(largest > 0, largest, 1))
     norms = torch.linalg.vector_norm(unit, dim=1, keepdim=True)
     return unit.div_(torch.where(norms > 0, norms, 1))
@@ -207,16 +207,20 @@ def nearest_partners(f_t: Tensor, kept: Tensor) -> Tensor:
     unit = unit_rows(f_t[kept])
     n = unit.shape[0]
     panel = max(1, min(n, PARTNER_PANEL_ELEMENTS // max(n, 1)))
+    # One buffer for every panel: allocating each panel anew makes glibc keep the freed blocks,
+    # and the process's memory grows with the number of panels.
+    buffer = unit.new_empty(panel, n)
     best_columns = []
     for start in range(0, n, panel):
         rows = unit[start:start + panel]
-        similarity = rows @ unit.T
+        similarity = torch.mm(rows, unit.T, out=buffer[: rows.shape[0]])
         own = torch.arange(rows.shape[0], device=unit.device)
         similarity[own, own + start] = -math.inf  # never one's own partner
         best = similarity.max(dim=1, keepdim=True).values
-        is_tie = (similarity >= best - NEAREST_TIE_TOL).to(torch.uint8)
-        # argmax returns the first maximum; kept is ascending, so that is the lowest index.
-        best_columns.append(is_tie.argmax(dim=1))
+        # In place, 1 where a similarity is within the tolerance of the row's best (a tie);
+        # argmax returns the first 1, and kept is ascending, so that is the lowest index.
+        ties = similarity.sub_(best).ge_(-NEAREST_TIE_TOL)
+        best_columns.append(ties.argmax(dim=1))
     return kept[torch.cat(best_columns)]
 
 
