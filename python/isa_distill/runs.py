@@ -41,7 +41,8 @@ import hashlib
 import io
 import json
 import os
-import tempfile
+import secrets
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,15 +104,44 @@ def library_version() -> str:
     return __version__
 
 
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Call ``write(tmp)`` on a temporary sibling of ``path``, fsync it, then move it into place."""
-    handle, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    tmp = Path(tmp_name)
+def _temporary_sibling(path: Path) -> Path:
+    """A new, empty, hidden file beside ``path``, created with mode 0666 less the umask (as
+    ``open`` creates files; ``tempfile.mkstemp`` would give 0600)."""
+    for _ in range(100):
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            handle = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            continue
+        os.close(handle)
+        return tmp
+    raise FileExistsError(f"cannot create a temporary file beside {path}")
+
+
+def write_temporary(path: Path, write: Callable[[Path], None]) -> Path:
+    """Call ``write(tmp)`` on a new temporary sibling of ``path`` and fsync it; returns ``tmp``.
+
+    The file keeps the mode a new file gets under the umask (0644 under umask 022), also when
+    ``write`` replaces it (safetensors creates its files 0600), so the run's files are as
+    readable as any other file the user writes.
+    """
+    tmp = _temporary_sibling(path)
     try:
+        mode = stat.S_IMODE(tmp.stat().st_mode)
         write(tmp)
+        os.chmod(tmp, mode)
         with open(tmp, "rb") as written:
             os.fsync(written.fileno())
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return tmp
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Call ``write(tmp)`` on a temporary sibling of ``path``, fsync it, then move it into place."""
+    tmp = write_temporary(path, write)
+    try:
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -140,14 +170,8 @@ class StagedFile:
 
     @classmethod
     def write(cls, path: Path, write: Callable[[Path], None]) -> StagedFile:
-        handle, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.",
-                                            suffix=".tmp")
-        os.close(handle)
-        tmp = Path(tmp_name)
+        tmp = write_temporary(path, write)
         try:
-            write(tmp)
-            with open(tmp, "rb") as written:
-                os.fsync(written.fileno())
             return cls(path, tmp, file_sha256(tmp))
         except BaseException:
             tmp.unlink(missing_ok=True)
