@@ -156,6 +156,22 @@ def test_info_runs(capsys):
     assert "torch" in out and "digits" in out
 
 
+def test_info_explains_the_validation_hold_out(capsys):
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert "holds 10% of the train images out for validation" in out
+    assert "digits         found: 1437 train images = 1293 + 144 validation, 360 test" in out
+
+
+def test_the_three_evaluation_bars_say_which_set_they_train_on(capsys, tmp_path):
+    run_dir = tmp_path / "run"
+    flags = [flag for flag in TINY if flag not in ("--quiet", "--no-full-data")]
+    assert main(["distill", "--ipc", "1", "--steps", "2", "--run-dir", str(run_dir), *flags]) == 0
+    err = capsys.readouterr().err
+    for label in ("evaluate distilled set", "evaluate random subset", "evaluate full train data"):
+        assert label in err, label
+
+
 # ----------------------------------------------------------------------------- resume and damage
 
 

@@ -455,14 +455,17 @@ def cmd_info(args: argparse.Namespace) -> int:
     except ImportError as error:
         rust = f"not built ({error}); run `maturin develop`"
     print("backends    torch (any device); rust (CPU): " + rust)
-    print("datasets")
+    print("datasets (distill holds 10% of the train images out for validation, stratified by "
+          "class, and trains on the rest; the test split is never used to train or select)")
     for name in KNOWN_DATASETS:
         if name == "image-folder":
-            print(f"  {name:<14} pass --data-root")
+            print(f"  {name:<14} pass --data-root (and --image-size, --grayscale)")
             continue
         try:
-            data = load_dataset(name, val_size=0)
-            status = f"found: {len(data.train)} train / {len(data.test)} test, {data.num_classes} classes"
+            data = load_dataset(name)  # with distill's validation hold-out
+            status = (f"found: {len(data.train) + len(data.val)} train images = {len(data.train)} "
+                      f"+ {len(data.val)} validation, {len(data.test)} test, "
+                      f"{data.num_classes} classes")
         except DatasetError as error:
             status = "not found (" + str(error).splitlines()[-1] + ")"
         print(f"  {name:<14} {status}")

@@ -348,6 +348,7 @@ def evaluate_set(
     select: str = "last",
     val=None,
     select_every: int | None = None,
+    progress_label: str = "distilled set",
 ) -> EvalResult:
     """Train ``num_models`` fresh networks on (images, labels); test accuracy mean and std.
 
@@ -366,6 +367,7 @@ def evaluate_set(
         select: ``"last"`` (default) or ``"best-val"``: keep the weights with the best accuracy
             on ``val``, scored every ``select_every`` steps (None: a tenth of ``steps``).
         val: the validation split (Split or (images, labels)), needed by ``"best-val"`` only.
+        progress_label: what the progress bar calls the set being evaluated.
 
     Raises:
         ValueError: a bad option, incl. ``select="best-val"`` without ``val``.
@@ -399,7 +401,8 @@ def evaluate_set(
     device = torch.device(device)
 
     accuracies, krr_accuracies = [], []
-    with tqdm(total=num_models * steps, desc="evaluate", disable=not progress) as bar:
+    with tqdm(total=num_models * steps, desc=f"evaluate {progress_label}",
+              disable=not progress) as bar:
         for init_seed, data_seed in _seeds(seed, num_models):
             model = train_network(
                 images, targets, arch=arch, norm=norm, width=width, depth=depth, steps=steps,
@@ -421,6 +424,7 @@ def evaluate_random_subset(train: Split, ipc: int, *, test, seed: int = 0, **opt
     per class (drawn with ``seed``), centred one-hot labels, the same protocol."""
     subset = class_balanced_subset(train, ipc, torch.Generator().manual_seed(seed))
     num_classes = options.pop("num_classes", None) or int(train.labels.max()) + 1
+    options.setdefault("progress_label", "random subset")
     return evaluate_set(
         subset.images, subset.labels, test=test, seed=seed, num_classes=num_classes, **options
     )
@@ -429,4 +433,5 @@ def evaluate_random_subset(train: Split, ipc: int, *, test, seed: int = 0, **opt
 def evaluate_full_data(train: Split, *, test, **options) -> EvalResult:
     """Upper reference: the same protocol on the whole (preprocessed) train split."""
     num_classes = options.pop("num_classes", None) or int(train.labels.max()) + 1
+    options.setdefault("progress_label", "full train data")
     return evaluate_set(train.images, train.labels, test=test, num_classes=num_classes, **options)
