@@ -143,6 +143,17 @@ def test_bad_evaluation_flags_are_argparse_errors(capsys, tmp_path, flags, messa
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.parametrize("flags, message", [
+    (["--discard", "1.5"], "--discard must lie in [0, 1), got 1.5"),
+    (["--steps", "0"], "--steps must be a positive int, got 0"),
+    (["--batch-size", "-3"], "--batch-size must be a positive int, got -3"),
+    (["--lr", "-1"], "--lr must be a finite positive number, got -1.0"),
+])
+def test_bad_settings_name_the_flag_not_the_config_field(capsys, tmp_path, flags, message):
+    assert main(["distill", *flags, "--run-dir", str(tmp_path / "r")]) == 2
+    assert capsys.readouterr().err.strip() == f"isa-distill: error: {message}"
+    assert not (tmp_path / "r").exists()
+
 def test_select_every_without_best_val_is_refused_before_distilling(capsys, tmp_path):
     run_dir = tmp_path / "r"
     assert main(["distill", "--run-dir", str(run_dir), *TINY, "--select-every", "5"]) == 2

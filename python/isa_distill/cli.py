@@ -72,7 +72,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--backend", choices=("auto", "rust", "torch"),
                      help="loss backend (default: auto = rust on CPU, torch elsewhere)")
     run.add_argument("--seed", type=int, help="seed of every random draw (default: 0)")
-    run.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: the preset's)")
+    run.add_argument("--device", help="auto (default: CUDA when available, else the CPU; the "
+                     "run records the device used), cpu, cuda, cuda:1, ...")
     run.add_argument("--autocast", action=argparse.BooleanOptionalAction, default=None,
                      help="bfloat16 feature extraction on CUDA")
     run.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
@@ -102,7 +103,9 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("run_dir", type=Path)
     evaluate.add_argument("--data-root", help="where the dataset files are (default: the root "
                           "stored in the run, else $ISA_DISTILL_DATA or ~/data)")
-    evaluate.add_argument("--device", default="cpu")
+    evaluate.add_argument("--device", default="auto",
+                          help="auto (default: CUDA when available, else the CPU), cpu, cuda, "
+                          "cuda:1, ...")
     _add_eval_options(evaluate)
     evaluate.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -127,9 +130,9 @@ def _positive_int(text: str) -> int:
 
 
 def _add_eval_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--eval-models", type=int, default=5,
+    parser.add_argument("--eval-models", type=_positive_int, default=5,
                         help="networks trained per set (default: %(default)s)")
-    parser.add_argument("--eval-steps", type=int,
+    parser.add_argument("--eval-steps", type=_positive_int,
                         help="training steps per network (default: the run's, else the protocol's)")
     parser.add_argument("--eval-batches", choices=("shuffled", "class-sorted"), default="shuffled",
                         help="batches of the evaluation networks: fresh random subsets, or the "
@@ -189,6 +192,8 @@ def _check_eval_options(args: argparse.Namespace) -> None:
 
 
 def cmd_distill(args: argparse.Namespace) -> int:
+    import dataclasses
+
     from .distill import check_ipc, distill
     from .plots import render_run
     from .presets import DEFAULT_PRESET, preset_config
@@ -199,7 +204,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
     else:
         dataset = args.dataset or DEFAULT_DATASET
         config = preset_config(dataset, args.preset or DEFAULT_PRESET, **_config_flags(args))
-        _check_device(config.device)
+        config = dataclasses.replace(config, device=_resolve_device(config.device))
         data = _load_data(dataset, args.data_root, config.seed)
         check_ipc(data.train, config.ipc, data.num_classes)
         run_dir = args.run_dir or _default_run_dir(dataset, config.ipc)
@@ -246,7 +251,7 @@ def _resume_request(args: argparse.Namespace):
     if config.steps < run.meta["steps_done"]:
         raise CliError(f"--steps {config.steps} is fewer than the {run.meta['steps_done']} steps "
                        f"{args.run_dir} has done; pass --steps {run.meta['steps_done']} or more")
-    _check_device(config.device)
+    config = dataclasses.replace(config, device=_resolve_device(config.device))
     data = _load_run_data(run.meta, args.data_root)
     print(f"resuming {args.run_dir}: {run.meta['steps_done']} of {config.steps} steps done")
     return config, data, args.run_dir
@@ -315,6 +320,17 @@ def _preset_conflicts(args: argparse.Namespace, meta: dict, stored) -> list[str]
     return [f"--preset {args.preset} (sets {', '.join(differing)})"] if differing else []
 
 
+def _in_flag_words(error: Exception) -> str:
+    """The error's message, naming the command-line flag where it names a config field."""
+    from .distill import ConfigError
+
+    message = str(error)
+    if isinstance(error, ConfigError) and error.field in CONFIG_FLAGS:
+        if message.startswith(error.field):
+            return "--" + error.field.replace("_", "-") + message[len(error.field):]
+    return message
+
+
 def _flag(name: str, value) -> str:
     option = "--" + name.replace("_", "-")
     if isinstance(value, bool):
@@ -325,18 +341,37 @@ def _flag(name: str, value) -> str:
 def _check_device(device: str) -> None:
     import torch
 
-    if torch.device(device).type == "cuda" and not torch.cuda.is_available():
-        raise CliError(f"device {device!r} requested but CUDA is not available; use --device cpu")
+    if device == "auto":
+        return
+    try:
+        kind = torch.device(device).type
+    except RuntimeError:
+        raise CliError(f"--device must be auto, cpu, cuda or cuda:N, got {device!r}") from None
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise CliError(f"--device {device} requested but CUDA is not available; use --device cpu")
+
+
+def _resolve_device(requested: str) -> str:
+    """The device ``--device`` (default auto) asks for, checked; prints a note when auto chose
+    a GPU."""
+    from .devices import describe_choice, resolve_device
+
+    _check_device(requested)
+    device = resolve_device(requested)
+    note = describe_choice(requested, device)
+    if note is not None:
+        print(note)
+    return device
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .runs import load_distilled
 
     _check_eval_options(args)
-    _check_device(args.device)
+    device = _resolve_device(args.device)
     meta = load_distilled(args.run_dir).meta
     data = _load_run_data(meta, args.data_root)
-    _print_evaluation(args.run_dir, data, args, device=args.device)
+    _print_evaluation(args.run_dir, data, args, device=device)
     return 0
 
 
@@ -499,7 +534,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except (CliError, ValueError, DatasetError, RunExistsError, RunNotFoundError) as error:
-        message = " ".join(str(error).split())  # one line, even for multi-line messages
+        message = " ".join(_in_flag_words(error).split())  # one line, even for multi-line ones
         print(f"{PROG}: error: {message}", file=sys.stderr)
         return USAGE_ERROR
     except KeyboardInterrupt:
