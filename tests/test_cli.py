@@ -325,3 +325,39 @@ def test_the_data_root_is_stored_and_reused(capsys, tmp_path, monkeypatch):
     stored = json.loads((run_dir / META).read_text())
     assert stored["data_root"] == str((tmp_path / "moved").resolve())
     assert stored["steps_done"] == 3
+
+
+def test_image_folder_size_and_grayscale_flags(capsys, tmp_path):
+    pictures, run_dir = tmp_path / "pictures", tmp_path / "run"
+    write_image_folder(pictures)
+    assert main(["distill", "--dataset", "image-folder", "--data-root", str(pictures),
+                 "--image-size", "12", "--grayscale", "--ipc", "1", "--steps", "1",
+                 "--run-dir", str(run_dir), *TINY, "--no-eval"]) == 0  # fmt: skip
+    meta = json.loads((run_dir / META).read_text())
+    assert (meta["image_size"], meta["channels"]) == (12, 1)
+    # evaluate reads the folder at the run's size and channels without being told again
+    assert main(["evaluate", str(run_dir), "--eval-models", "1", "--eval-steps", "1", "--quiet",
+                 "--no-full-data"]) == 0  # fmt: skip
+    capsys.readouterr()
+    assert resume(run_dir, "--image-size", "16") == 2
+    assert "--image-size 16 (the run has 12)" in error_line(capsys)
+
+
+def test_image_options_apply_to_image_folders_only(capsys, tmp_path):
+    assert main(["distill", "--image-size", "16", "--run-dir", str(tmp_path / "r")]) == 2
+    assert error_line(capsys) == ("isa-distill: error: --image-size and --grayscale apply to "
+                                  "image-folder only, not 'digits'")
+    assert not (tmp_path / "r").exists()
+
+
+def test_data_errors_name_the_flag_not_the_python_argument(capsys, tmp_path, monkeypatch):
+    assert main(["distill", "--dataset", "image-folder", "--run-dir", str(tmp_path / "r")]) == 2
+    line = error_line(capsys)
+    assert "pass --data-root <folder> holding <class>/<image>" in line and "root=" not in line
+    monkeypatch.setenv("ISA_DISTILL_DATA", str(tmp_path / "nothing-here"))
+    assert main(["distill", "--dataset", "cifar10", "--run-dir", str(tmp_path / "r")]) == 2
+    line = error_line(capsys)
+    assert "or set ISA_DISTILL_DATA to the folder holding it, or pass --data-root" in line
+    assert "root=" not in line
+    assert main(["info"]) == 0
+    assert "root=" not in capsys.readouterr().out

@@ -53,8 +53,14 @@ def _parser() -> argparse.ArgumentParser:
                      help=f"settings to start from (default: {DEFAULT_PRESET})")
     run.add_argument("--dataset", help=f"one of {', '.join(KNOWN_DATASETS)} "
                      f"(default: {DEFAULT_DATASET})")
-    run.add_argument("--data-root", help="where the dataset files are (default: $ISA_DISTILL_DATA "
-                     "or ~/data; with --resume, the root stored in the run)")
+    run.add_argument("--data-root", help="where the dataset files are: the folder of an "
+                     "image-folder dataset, or a folder holding the dataset's usual folder or "
+                     "archive (default: $ISA_DISTILL_DATA, else ~/data; with --resume, the root "
+                     "stored in the run)")
+    run.add_argument("--image-size", type=_positive_int, metavar="N",
+                     help="image-folder only: resize the images to N x N pixels (default: 32)")
+    run.add_argument("--grayscale", action="store_true",
+                     help="image-folder only: read the images as one grey channel (default: RGB)")
     run.add_argument("--ipc", type=int, help=f"images per class (default: {DEFAULT_IPC})")
     run.add_argument("--epsilon", type=float, help="ISA segment length (0 = FRePo baseline)")
     run.add_argument("--discard", type=float, help="fraction of easiest targets dropped")
@@ -151,23 +157,25 @@ def _add_eval_options(parser: argparse.ArgumentParser) -> None:
 # ----------------------------------------------------------------------------- commands
 
 
-def _load_data(name: str, root: str | None, seed: int):
-    from .data import load_dataset
+def _load_data(name: str, root: str | None, seed: int, args: argparse.Namespace):
+    from .data import CLI_NAMES, load_dataset
 
-    return load_dataset(name, root, seed=seed)
+    return load_dataset(name, root, seed=seed, image_size=args.image_size,
+                        grayscale=args.grayscale, argument_names=CLI_NAMES)
 
 
 def _load_run_data(meta: dict, data_root: str | None):
     """The dataset of a run: from ``data_root`` when given, else from the root the run stored
     (if any), else from the default locations; image folders at the run's image size."""
-    from .data import DatasetNotFoundError, load_dataset
+    from .data import CLI_NAMES, DatasetNotFoundError, load_dataset
 
     root = data_root if data_root is not None else meta.get("data_root")
     options = {}
     if meta["dataset"] == "image-folder":
         options = dict(image_size=meta["image_size"], grayscale=meta["channels"] == 1)
     try:
-        return load_dataset(meta["dataset"], root, seed=meta["config"]["seed"], **options)
+        return load_dataset(meta["dataset"], root, seed=meta["config"]["seed"],
+                            argument_names=CLI_NAMES, **options)
     except DatasetNotFoundError as error:
         if data_root is not None or root is None:
             raise
@@ -205,7 +213,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
         dataset = args.dataset or DEFAULT_DATASET
         config = preset_config(dataset, args.preset or DEFAULT_PRESET, **_config_flags(args))
         config = dataclasses.replace(config, device=_resolve_device(config.device))
-        data = _load_data(dataset, args.data_root, config.seed)
+        data = _load_data(dataset, args.data_root, config.seed, args)
         check_ipc(data.train, config.ipc, data.num_classes)
         run_dir = args.run_dir or _default_run_dir(dataset, config.ipc)
         print(_describe_config(data, config, run_dir))
@@ -264,6 +272,10 @@ def _resume_conflicts(args: argparse.Namespace, meta: dict, stored) -> list[str]
     conflicts = []
     if args.dataset is not None and args.dataset != meta["dataset"]:
         conflicts.append(f"--dataset {args.dataset} (the run has {meta['dataset']})")
+    if args.image_size is not None and args.image_size != meta["image_size"]:
+        conflicts.append(f"--image-size {args.image_size} (the run has {meta['image_size']})")
+    if args.grayscale and meta["channels"] != 1:
+        conflicts.append(f"--grayscale (the run has {meta['channels']} channels)")
     for name in CONFIG_FLAGS:
         value = getattr(args, name)
         if value is None or name in RESUMABLE_FIELDS:
@@ -473,7 +485,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
     import torch
 
-    from .data import KNOWN_DATASETS, DatasetError, load_dataset
+    from .data import CLI_NAMES, KNOWN_DATASETS, DatasetError, load_dataset
     from .runs import library_version
 
     print(f"isa-distill {library_version()}  (python {platform.python_version()})")
@@ -497,7 +509,7 @@ def cmd_info(args: argparse.Namespace) -> int:
             print(f"  {name:<14} pass --data-root (and --image-size, --grayscale)")
             continue
         try:
-            data = load_dataset(name)  # with distill's validation hold-out
+            data = load_dataset(name, argument_names=CLI_NAMES)  # with the validation hold-out
             status = (f"found: {len(data.train) + len(data.val)} train images = {len(data.train)} "
                       f"+ {len(data.val)} validation, {len(data.test)} test, "
                       f"{data.num_classes} classes")
