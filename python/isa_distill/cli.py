@@ -5,6 +5,8 @@
     isa-distill evaluate RUN_DIR     the protocol's 5-network evaluation of a run (options:
                                      --eval-batches shuffled|class-sorted, --select last|best-val)
     isa-distill show RUN_DIR         re-render images.png / curves.png and print a summary
+    isa-distill export RUN_DIR --format png|image-folder|npz --out DIR
+                                     the distilled set for other tools
     isa-distill info                 versions, backends, devices, datasets found
 
 Errors a user can fix (unknown dataset or preset, IPC too large, missing data, an existing run
@@ -117,6 +119,16 @@ def _parser() -> argparse.ArgumentParser:
 
     show = commands.add_parser("show", help="re-render a run's pictures and print its summary")
     show.add_argument("run_dir", type=Path)
+
+    export = commands.add_parser("export", help="write a run's distilled set as PNG files, an "
+                                 "image folder or .npz (docs/using-a-distilled-set.md)")
+    export.add_argument("run_dir", type=Path)
+    export.add_argument("--format", required=True, choices=("png", "image-folder", "npz"),
+                        help="png: one picture per image and labels.csv; image-folder: one "
+                        "sub-folder per class; npz: network-input images, labels and the "
+                        "preprocessor")
+    export.add_argument("--out", type=Path, required=True,
+                        help="folder to write (must not exist or be empty)")
 
     commands.add_parser("info", help="versions, backends, devices and datasets found")
     from .experiments.cli import add_subcommands
@@ -480,6 +492,19 @@ def _zca_description(preprocessing: dict) -> str:
     return str(preprocessing.get("zca")) + ("" if block is None else f" ({block}-pixel blocks)")
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import LABELS_CSV, export_run
+
+    try:
+        files = export_run(args.run_dir, args.format, args.out)
+    except FileExistsError as error:
+        raise CliError(f"--out {error}") from error
+    pictures = [f for f in files if f.suffix == ".png"]
+    what = f"{len(pictures)} PNG files and {LABELS_CSV}" if pictures else files[0].name
+    print(f"wrote {what} to {args.out}/")
+    return 0
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     import platform
 
@@ -533,7 +558,8 @@ def _describe_config(data, config, run_dir: Path) -> str:
     )
 
 
-COMMANDS = {"distill": cmd_distill, "evaluate": cmd_evaluate, "show": cmd_show, "info": cmd_info}
+COMMANDS = {"distill": cmd_distill, "evaluate": cmd_evaluate, "show": cmd_show,
+            "export": cmd_export, "info": cmd_info}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
