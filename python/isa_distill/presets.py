@@ -30,6 +30,7 @@ import dataclasses
 from typing import Any
 
 from .data import KNOWN_DATASETS
+from .data.registry import IN_MEMORY
 from .distill import DistillConfig
 
 PRESETS = ("cpu", "paper")
@@ -77,9 +78,12 @@ def preset_config(dataset: str, preset: str = DEFAULT_PRESET, *, ipc: int = 10,
                   **overrides: Any) -> DistillConfig:
     """The DistillConfig of ``preset`` for ``dataset`` at ``ipc``, with ``overrides`` applied.
 
+    ``dataset`` may also be ``"tensors"`` (data handed to ``distill_tensors``): the preset's
+    settings without any per-dataset tuning.
+
     Raises ValueError naming the known datasets / presets / config fields when one is unknown.
     """
-    if dataset not in KNOWN_DATASETS:
+    if dataset not in KNOWN_DATASETS and dataset != IN_MEMORY:
         raise ValueError(f"unknown dataset {dataset!r}; known datasets: {', '.join(KNOWN_DATASETS)}")
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; known presets: {', '.join(PRESETS)}")

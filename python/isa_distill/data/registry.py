@@ -34,6 +34,9 @@ from .image_folder import load_image_folder
 from .splits import DatasetSplits, Split, stratified_holdout
 
 KNOWN_DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10", "cifar100", "image-folder")
+# The name of data handed over as tensors (``isa_distill.distill_tensors``): the protocol's
+# rules treat it like an image folder, but there are no files to load it from again.
+IN_MEMORY = "tensors"
 # Grayscale digit/clothing sets: no ZCA (the protocol's choice for MNIST and Fashion-MNIST; we
 # treat sklearn's digits the same way) and no horizontal flips (they change the class meaning).
 MNIST_LIKE = ("digits", "mnist", "fashion-mnist")
@@ -73,13 +76,13 @@ CLI_NAMES = ArgumentNames(root="--data-root <folder>", image_size="--image-size"
 
 def uses_zca_by_default(name: str) -> bool:
     """ZCA whitening is the protocol's default for every dataset except the MNIST-like ones."""
-    _check_name(name)
+    _check_name(name, in_memory=True)
     return name not in MNIST_LIKE
 
 
 def allows_flip(name: str) -> bool:
     """Horizontal flips are label-preserving except for digits and clothing silhouettes."""
-    _check_name(name)
+    _check_name(name, in_memory=True)
     return name not in MNIST_LIKE
 
 
@@ -87,7 +90,15 @@ def data_home() -> Path:
     return Path(os.environ.get("ISA_DISTILL_DATA", "~/data")).expanduser()
 
 
-def _check_name(name: str) -> None:
+def _check_name(name: str, *, in_memory: bool = False) -> None:
+    if name == IN_MEMORY and in_memory:
+        return
+    if name == IN_MEMORY:
+        raise DatasetNotFoundError(
+            "this data was handed over as tensors (isa_distill.distill_tensors), so there are no "
+            "files to read it from again; evaluate such a run in Python with "
+            "isa_distill.evaluate.evaluate_set (docs/using-a-distilled-set.md)"
+        )
     if name not in KNOWN_DATASETS:
         raise ValueError(f"unknown dataset {name!r}; known datasets: {', '.join(KNOWN_DATASETS)}")
 
