@@ -104,6 +104,9 @@ def _parser() -> argparse.ArgumentParser:
                      f"stored settings; only {RESUMABLE_FLAGS_TEXT} may change (a larger --steps "
                      "extends the run at its final learning rate)")
     _add_eval_options(run)
+    run.add_argument("--tensorboard", action="store_true",
+                     help="also write the loss terms, lr and validation accuracy as TensorBoard "
+                     "scalars to <run>/tensorboard/ (needs `pip install tensorboard`)")
     run.add_argument("--no-eval", action="store_true", help="skip the final evaluation table")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -229,13 +232,34 @@ def cmd_distill(args: argparse.Namespace) -> int:
         check_ipc(data.train, config.ipc, data.num_classes)
         run_dir = args.run_dir or _default_run_dir(dataset, config.ipc)
         print(_describe_config(data, config, run_dir))
-    result = distill(data, config, run_dir=run_dir, resume=args.resume, progress=not args.quiet)
+    on_log = _tensorboard(args, run_dir)
+    try:
+        result = distill(data, config, run_dir=run_dir, resume=args.resume,
+                         progress=not args.quiet, on_log=on_log)
+    finally:
+        if on_log is not None:
+            on_log.close()
     pictures = render_run(run_dir)
     print(f"\ndistilled {result.steps_done} steps in {result.elapsed:.1f} s; run written to "
           f"{run_dir}/ ({', '.join(p.name for p in pictures)})")
     if not args.no_eval:
         _print_evaluation(run_dir, data, args, device=result.config.device)
     return 0
+
+
+def _tensorboard(args: argparse.Namespace, run_dir: Path):
+    """The TensorBoard writer of ``--tensorboard`` (None without it); a resumed run drops the
+    events logged after its checkpoint."""
+    if not args.tensorboard:
+        return None
+    from .runs import Run
+    from .tensorboard_log import TensorBoardLog, TensorBoardMissingError
+
+    purge_step = Run.open(run_dir).meta["steps_done"] + 1 if args.resume else None
+    try:
+        return TensorBoardLog(run_dir, purge_step=purge_step)
+    except TensorBoardMissingError as error:
+        raise CliError(str(error)) from error
 
 
 def _config_flags(args: argparse.Namespace) -> dict:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -503,13 +504,16 @@ def distill(
     progress: bool = True,
     loss_fn: LossHook | None = None,
     target_transform: TargetHook | None = None,
+    on_log: Callable[[dict[str, Any]], None] | None = None,
 ) -> DistillResult:
     """Distil ``data`` with ``config``; with ``run_dir``, checkpoint and write the run there.
 
     ``loss_fn(F_S, Y_S, F_T, Y_T, *, settings, generator) -> loss`` replaces the ISA loss and
     ``target_transform(images, labels, generator) -> (images, labels)`` rewrites each target
     batch; both exist for the ablations (see ``isa_distill.step.loss_terms``) and are not
-    stored with the run.
+    stored with the run. ``on_log(row)`` is called with every row written to log.csv (the
+    keys of ``runs.LOG_COLUMNS``; ``val_acc`` None when not measured), e.g. to write the values
+    to TensorBoard (``isa_distill.tensorboard_log``).
 
     ``resume=True`` continues the run in ``run_dir`` from its last checkpoint with the config
     stored there (``config`` may then be None; if given, it may differ only in
@@ -630,6 +634,8 @@ def distill(
             history.append(row)
             if run is not None:
                 run.append_log(row)
+            if on_log is not None:
+                on_log(row)
             postfix = {"kernel": f"{kernel:.4g}", "margin": f"{margin:.3g}"}
             if val_acc is not None:
                 postfix["val"] = f"{val_acc:.3f}"
