@@ -20,11 +20,12 @@ from isa_distill.runs import Run, load_distilled
 CLASSES = ["T-shirt/top", "Trouser", "Bag"]
 
 
-def make_run(path, *, channels: int, zca: bool, size: int = 6, ipc: int = 2):
+def make_run(path, *, channels: int, zca: bool, size: int = 6, ipc: int = 2,
+             layer_norm: bool = False):
     """A run of 3 classes whose learned labels put image 1 (a class-0 row) into class 2."""
     gen = torch.Generator().manual_seed(channels)
     real = torch.rand(50, channels, size, size, generator=gen)
-    preprocessor = Preprocessor.fit(real, zca=zca)
+    preprocessor = Preprocessor.fit(real, zca=zca, layer_norm=layer_norm)
     # Pixels a little outside [0, 1], as distillation leaves them.
     pixels = torch.rand(3 * ipc, channels, size, size, generator=gen) * 1.3 - 0.15
     labels = torch.full((3 * ipc, 3), -1 / 3)
@@ -82,9 +83,10 @@ def test_png_is_one_flat_folder(tmp_path):
     assert names[-1] == "labels.csv" and len(names) == 7
 
 
-@pytest.mark.parametrize("zca", [False, True])
-def test_npz_holds_what_is_documented_and_its_recipe_preprocesses_like_the_run(tmp_path, zca):
-    run_dir = make_run(tmp_path / "run", channels=3, zca=zca)
+@pytest.mark.parametrize("zca, layer_norm", [(False, False), (True, False), (True, True)])
+def test_npz_holds_what_is_documented_and_its_recipe_preprocesses_like_the_run(tmp_path, zca,
+                                                                               layer_norm):
+    run_dir = make_run(tmp_path / "run", channels=3, zca=zca, layer_norm=layer_norm)
     (path,) = export_run(run_dir, "npz", tmp_path / "out")
     stored = np.load(path)
     expected_keys = set(NPZ_KEYS) if zca else {k for k in NPZ_KEYS if "zca_" not in k}
@@ -99,6 +101,10 @@ def test_npz_holds_what_is_documented_and_its_recipe_preprocesses_like_the_run(t
     def preprocess(x):
         x = (x - stored["preprocessor_mean"][:, None, None]) / stored["preprocessor_std"][:, None,
                                                                                          None]
+        if stored["preprocessor_layer_norm"]:
+            flat = x.reshape(len(x), -1)
+            flat = flat - flat.mean(1, keepdims=True)
+            x = (flat / np.linalg.norm(flat, axis=1, keepdims=True)).reshape(x.shape)
         if stored["preprocessor_zca"]:
             flat = x.reshape(len(x), -1) - stored["preprocessor_zca_mean"]
             x = (flat @ stored["preprocessor_zca_whiten"]).reshape(x.shape)

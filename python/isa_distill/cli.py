@@ -7,6 +7,8 @@
     isa-distill show RUN_DIR         re-render images.png / curves.png and print a summary
     isa-distill export RUN_DIR --format png|image-folder|npz --out DIR
                                      the distilled set for other tools
+    isa-distill import --from dc|mtt|kip|frepo FILE RUN_DIR --dataset NAME
+                                     a set published by another project, as a run directory
     isa-distill info                 versions, backends, devices, datasets found
 
 Errors a user can fix (unknown dataset or preset, IPC too large, missing data, an existing run
@@ -132,6 +134,30 @@ def _parser() -> argparse.ArgumentParser:
                         "preprocessor")
     export.add_argument("--out", type=Path, required=True,
                         help="folder to write (must not exist or be empty)")
+
+    imported = commands.add_parser(
+        "import", help="convert a distilled set published by DC/DSA/DM, MTT, KIP or FRePo into a "
+        "run directory, to evaluate it like a distilled run")
+    imported.add_argument("file", type=Path, help="the published file (DC: res_*.pt; MTT: "
+                          "images_best.pt; KIP, FRePo: .npz)")
+    imported.add_argument("run_dir", type=Path, help="the run directory to create")
+    imported.add_argument("--from", dest="source", required=True,
+                          choices=("dc", "mtt", "kip", "frepo"), help="the project that wrote it")
+    imported.add_argument("--dataset", required=True,
+                          choices=("mnist", "fashion-mnist", "cifar10", "cifar100"),
+                          help="the dataset it was distilled from")
+    imported.add_argument("--data-root", help="where the dataset files are (default: "
+                          "$ISA_DISTILL_DATA, else ~/data); stored in the run")
+    imported.add_argument("--labels", type=Path, help="mtt: the labels file (default: FILE with "
+                          "'images' replaced by 'labels')")
+    imported.add_argument("--experiment", type=int, default=0,
+                          help="dc: which of the file's experiments (default: %(default)s)")
+    imported.add_argument("--zca", action=argparse.BooleanOptionalAction, default=None,
+                          help="whether the set is ZCA-whitened (mtt: required; kip, frepo: "
+                          "default on except for MNIST and Fashion-MNIST)")
+    imported.add_argument("--zca-reg", type=float, help="ZCA ridge the set was made with (mtt: "
+                          "kornia's eps, default 0.1; kip, frepo: relative to trace / D, "
+                          "default 0.1)")
 
     commands.add_parser("info", help="versions, backends, devices and datasets found")
     from .experiments.cli import add_subcommands
@@ -280,6 +306,10 @@ def _resume_request(args: argparse.Namespace):
     if args.run_dir is None:
         raise CliError("--resume needs --run-dir (the run to continue)")
     run = Run.open(args.run_dir)
+    if "source" in run.meta:
+        raise CliError(f"{args.run_dir} holds a set imported from "
+                       f"{run.meta['source'].get('method', 'another project')}: there is no "
+                       "distillation to resume (evaluate it with isa-distill evaluate)")
     run.check_resumable()
     stored = DistillConfig.from_dict(run.meta["config"])
     conflicts = _resume_conflicts(args, run.meta, stored)
@@ -448,7 +478,7 @@ def _print_evaluation(run_dir: Path, data, args: argparse.Namespace, *, device: 
         select=args.select, val=val, select_every=args.select_every,
     )
     ipc = int(distilled.meta["ipc"])
-    label = _method_name(config)
+    label = _set_name(distilled.meta)
     rows = [(f"distilled ({label})", len(distilled.images),
              evaluate_set(distilled.images, distilled.labels, **options))]
     rows.append(("random subset", ipc * data.num_classes,
@@ -464,6 +494,13 @@ def _print_evaluation(run_dir: Path, data, args: argparse.Namespace, *, device: 
     print(f"  {'training set':<{width}}  {'images':>7}   accuracy (%)")
     for name, size, result in rows:
         print(f"  {name:<{width}}  {size:>7}   {100 * result.mean:5.1f} ± {100 * result.std:.1f}")
+
+
+def _set_name(meta: dict) -> str:
+    """What made the set: the method and settings, or the project it was imported from."""
+    if "source" in meta:
+        return f"{meta['source'].get('method', '?')}, imported"
+    return _method_name(meta["config"])
 
 
 def _method_name(config: dict) -> str:
@@ -487,6 +524,14 @@ def cmd_show(args: argparse.Namespace) -> int:
     print(f"run        {args.run_dir}")
     print(f"dataset    {meta['dataset']} ({meta['num_classes']} classes), IPC {meta['ipc']}, "
           f"{len(distilled.images)} images of {tuple(distilled.images.shape[1:])}")
+    if "source" in meta:
+        source = meta["source"]
+        print(f"method     {source.get('method', '?')} (imported from {source.get('file', '?')})")
+        print(f"preprocess {source.get('preprocessing', '?')}")
+        print(f"evaluation {config['arch']} width {config['width']} depth {config['depth']}, "
+              f"no normalisation")
+        print(f"pictures   {', '.join(str(p) for p in pictures)}")
+        return 0
     print(f"method     {_method_name(config)}, partner={config['partner']}, "
           f"optimizer={config['optimizer']}, flip={meta['flip']}, "
           f"zca={_zca_description(meta['preprocessing'])}")
@@ -526,6 +571,22 @@ def cmd_export(args: argparse.Namespace) -> int:
     pictures = [f for f in files if f.suffix == ".png"]
     what = f"{len(pictures)} PNG files and {LABELS_CSV}" if pictures else files[0].name
     print(f"wrote {what} to {args.out}/")
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from .data import CLI_NAMES
+    from .importers import SOURCE_NAMES, import_set
+
+    run = import_set(args.source, args.file, args.run_dir, dataset=args.dataset,
+                     data_root=args.data_root, labels_file=args.labels,
+                     experiment=args.experiment, zca=args.zca, zca_reg=args.zca_reg,
+                     argument_names=CLI_NAMES)  # fmt: skip
+    meta = run.meta
+    print(f"imported {meta['ipc'] * meta['num_classes']} {meta['dataset']} images (IPC "
+          f"{meta['ipc']}) distilled by {SOURCE_NAMES[args.source]} into {args.run_dir}/\n"
+          f"  preprocessing: {meta['source']['preprocessing']}\n"
+          f"  evaluate: isa-distill evaluate {args.run_dir}   (or cross-arch, show, export)")
     return 0
 
 
@@ -583,7 +644,7 @@ def _describe_config(data, config, run_dir: Path) -> str:
 
 
 COMMANDS = {"distill": cmd_distill, "evaluate": cmd_evaluate, "show": cmd_show,
-            "export": cmd_export, "info": cmd_info}
+            "export": cmd_export, "import": cmd_import, "info": cmd_info}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -43,6 +43,8 @@ NPZ_KEYS = {
     "pixel_images": "float32 (M, c, h, w): the images with the preprocessing undone, ~[0, 1]",
     "preprocessor_mean": "float32 (c,): per-channel mean subtracted first",
     "preprocessor_std": "float32 (c,): per-channel std divided by next",
+    "preprocessor_layer_norm": "bool: whether each standardised image is then centred and "
+    "scaled to unit L2 norm (sets imported from KIP)",
     "preprocessor_zca": "bool: whether ZCA whitening follows",
     "preprocessor_zca_mean": "float32 (c*h*w,): subtracted before whitening (ZCA only)",
     "preprocessor_zca_whiten": "float32 (d, d): the whitening matrix W (ZCA only; d = c*h*w, "
@@ -134,6 +136,7 @@ def _write_npz(distilled: Distilled, path: Path) -> Path:
         "pixel_images": distilled.pixel_images.numpy(),
         "preprocessor_mean": prep.mean.numpy(),
         "preprocessor_std": prep.std.numpy(),
+        "preprocessor_layer_norm": np.array(prep.layer_norm),
         "preprocessor_zca": np.array(prep.zca),
         "meta_json": np.array(json.dumps(distilled.meta)),
     }

@@ -77,7 +77,7 @@ REQUIRED_META = {
 }  # fmt: skip
 OPTIONAL_META = {
     "class_names": list, "version": str, "elapsed_seconds": float,
-    "data_root": (str, type(None)), SHA256: dict, PENDING_SHA256: dict,
+    "data_root": (str, type(None)), SHA256: dict, PENDING_SHA256: dict, "source": dict,
 }  # fmt: skip
 
 
@@ -401,6 +401,12 @@ class Run:
         self.meta["config"] = config.to_dict()
         if data_root is not None:
             self.meta["data_root"] = data_root
+        self._write_meta_file()
+
+    def record_source(self, source: dict[str, Any], *, label_encoding: str) -> None:
+        """Mark the run as a set distilled elsewhere (``isa-distill import``): ``source`` says
+        by what and from which file; nothing was distilled here."""
+        self.meta.update(source=source, label_encoding=label_encoding)
         self._write_meta_file()
 
     def _write_meta_file(self) -> None:
