@@ -2,11 +2,25 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
+import os
+import shutil
+import tempfile
 from dataclasses import dataclass
 
 import pytest
 import torch
+
+# torch.compile's on-disk caches key compiled graphs on the traced forward, not on the custom
+# ops' backward rules: a cache left by an earlier version of this package replays stale code.
+# Each test session compiles into a fresh directory.
+INDUCTOR_CACHE = tempfile.mkdtemp(prefix="isa-distill-inductor-")
+os.environ["TORCHINDUCTOR_CACHE_DIR"] = INDUCTOR_CACHE
+
+
+def pytest_sessionfinish(session, exitstatus):
+    shutil.rmtree(INDUCTOR_CACHE, ignore_errors=True)
 
 HAS_NATIVE = importlib.util.find_spec("isa_distill._core") is not None
 HAS_CUDA = torch.cuda.is_available()
@@ -83,3 +97,25 @@ def single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tiny_digits():
+    """sklearn digits cut down to 200 train / 50 val / 50 test images (fast, no files needed)."""
+    from isa_distill.data import load_dataset
+
+    data = load_dataset("digits", val_size=50)
+    return dataclasses.replace(
+        data, train=data.train.subset(torch.arange(200)), test=data.test.subset(torch.arange(50))
+    )
+
+
+def tiny_config(**overrides):
+    """A DistillConfig that runs a step in milliseconds on tiny_digits."""
+    from isa_distill.distill import DistillConfig
+
+    values = dict(
+        ipc=2, steps=6, batch_size=64, width=8, depth=2, pool_size=3, max_online_updates=2,
+        online_batch=12, log_every=1, checkpoint_every=2, val_every=0, val_steps=5,
+    )  # fmt: skip
+    return DistillConfig(**{**values, **overrides})

@@ -8,10 +8,11 @@ import math
 
 import pytest
 import torch
+from conftest import tiny_config
 
 from isa_distill import distill as distill_module
 from isa_distill import runs
-from isa_distill.data import DatasetSplits, class_balanced_subset, load_dataset
+from isa_distill.data import DatasetSplits, class_balanced_subset
 from isa_distill.data.preprocess import Preprocessor
 from isa_distill.distill import (
     DistillConfig,
@@ -39,21 +40,6 @@ from isa_distill.step import for_features, label_margin_penalty, loss_terms
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 
-@pytest.fixture(scope="module")
-def tiny_digits() -> DatasetSplits:
-    """sklearn digits cut down to 200 train / 50 val / 50 test images (fast, no files needed)."""
-    data = load_dataset("digits", val_size=50)
-    return dataclasses.replace(
-        data, train=data.train.subset(torch.arange(200)), test=data.test.subset(torch.arange(50))
-    )
-
-
-def tiny_config(**overrides) -> DistillConfig:
-    values = dict(
-        ipc=2, steps=6, batch_size=64, width=8, depth=2, pool_size=3, max_online_updates=2,
-        online_batch=12, log_every=1, checkpoint_every=2, val_every=0, val_steps=5,
-    )  # fmt: skip
-    return DistillConfig(**{**values, **overrides})
 
 
 def test_one_step_changes_the_set_and_lowers_the_loss_on_a_fixed_batch(tiny_digits):

@@ -158,3 +158,26 @@ def test_the_rust_kernel_follows_torch_threads(monkeypatch):
     finally:
         torch.set_num_threads(threads)
     assert seen == [1]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_the_target_gradient_is_computed_only_when_wanted(backend, monkeypatch):
+    from isa_distill import autograd
+
+    module = autograd.backend_module(backend)
+    flags = []
+    real = module.backward
+
+    def spy(*args, **kwargs):
+        flags.append(kwargs["query_grad"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, "backward", spy)
+    problem = random_problem(4, 5, 6, 2, seed=0)
+    fs, ys, ft, yt = problem.tensors
+    leaves = [t.clone().requires_grad_(True) for t in (fs, ys)]
+    isa_krr_loss(*leaves, ft, yt, backend=backend).backward()  # distillation: targets are data
+    all_leaves = problem.requiring_grad()
+    isa_krr_loss(*all_leaves.tensors, backend=backend).backward()
+    assert flags == [False, True]
+    assert all_leaves.target_features.grad.shape == ft.shape

@@ -7,17 +7,15 @@ not accuracy.
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 import torch
 from conftest import random_problem
+from conftest import tiny_config as shared_tiny_config
 from test_step import StepFixture
 
 from isa_distill import distill as distill_module
 from isa_distill import isa_krr_loss, krr_predict
 from isa_distill.cli import main
-from isa_distill.data import load_dataset
 from isa_distill.distill import DistillConfig, distill
 from isa_distill.evaluate import centred_one_hot, evaluate_set
 from isa_distill.runs import CHECKPOINT
@@ -25,21 +23,10 @@ from isa_distill.runs import CHECKPOINT
 pytestmark = pytest.mark.gpu
 
 
-@pytest.fixture(scope="module")
-def tiny_digits():
-    data = load_dataset("digits", val_size=50)
-    return dataclasses.replace(
-        data, train=data.train.subset(torch.arange(200)), test=data.test.subset(torch.arange(50))
-    )
-
-
 def tiny_config(**overrides) -> DistillConfig:
-    values = dict(
-        ipc=2, steps=6, batch_size=64, width=8, depth=2, pool_size=3, max_online_updates=2,
-        online_batch=12, log_every=2, checkpoint_every=2, val_every=3, val_steps=5,
-        device="cuda",
-    )  # fmt: skip
-    return DistillConfig(**{**values, **overrides})
+    """The CPU tests' tiny config on CUDA, logging every 2 steps and validating every 3."""
+    values = dict(log_every=2, val_every=3, device="cuda")
+    return shared_tiny_config(**{**values, **overrides})
 
 
 @pytest.fixture

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import copy as copy_module
-import dataclasses
 
 import pytest
 import torch
+from conftest import tiny_config
 
 from isa_distill import distill as distill_module
-from isa_distill.data import DatasetSplits, class_balanced_subset, load_dataset
+from isa_distill.data import class_balanced_subset
 from isa_distill.data.preprocess import Preprocessor
 from isa_distill.distill import (
     DistillConfig,
@@ -31,20 +31,6 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 CPU = torch.device("cpu")
 
 
-@pytest.fixture(scope="module")
-def tiny_digits() -> DatasetSplits:
-    data = load_dataset("digits", val_size=50)
-    return dataclasses.replace(
-        data, train=data.train.subset(torch.arange(200)), test=data.test.subset(torch.arange(50))
-    )
-
-
-def tiny_config(**overrides) -> DistillConfig:
-    values = dict(
-        ipc=2, steps=6, batch_size=64, width=8, depth=2, pool_size=3, max_online_updates=2,
-        online_batch=12, log_every=1, checkpoint_every=2, val_every=0, val_steps=5,
-    )  # fmt: skip
-    return DistillConfig(**{**values, **overrides})
 
 
 # ----------------------------------------------------------------------------- LAMB

@@ -59,6 +59,7 @@ def isa_krr_backward(
     solver: str = "auto",
     epsilon: float = 1.0,
     threads: int = 0,
+    query_grad: bool = True,
 ) -> tuple[_Floats, _Floats, _Floats, _Floats]:
     """Returns (d_support_features, d_support_labels, d_target_features, d_target_labels)."""
 
@@ -87,5 +88,6 @@ def krr_predict_backward(
     reg_mode: str = "trace",
     solver: str = "auto",
     threads: int = 0,
+    query_grad: bool = True,
 ) -> tuple[_Floats, _Floats, _Floats]:
     """Returns (d_support_features, d_support_labels, d_query_features)."""

@@ -132,8 +132,10 @@ def krr_backward(
     *,
     reg_mode: str,
     solver: str,
+    query_grad: bool = True,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """G = dLoss/dP -> (dF_S, dY_S, dF_Q), reusing the forward's factor (one solve pair).
+    Without ``query_grad``, dF_Q comes back with 0 rows (distillation's targets are data).
 
     dual:   dW = F_S F_Q^T G, V = (K + lam I)^-1 dW, dY_S = V,
             dF_S = W G^T F_Q - (V W^T + W V^T) F_S,  dF_Q = G W^T F_S,  dLoss/dlam = -<V, W>
@@ -146,7 +148,7 @@ def krr_backward(
         beta = coef
         u = solve_with_factor(f_q.T @ grad_pred, chol)
         d_ys = f_s @ u
-        d_fq = grad_pred @ beta.T
+        d_fq = grad_pred @ beta.T if query_grad else f_q.new_empty(0, d)
         d_fs = y_s @ u.T - f_s @ (u @ beta.T + beta @ u.T)
         lam_sensitivity = -(u * beta).sum()
     else:
@@ -154,7 +156,7 @@ def krr_backward(
         v = solve_with_factor(f_s @ (f_q.T @ grad_pred), chol)
         d_ys = v
         w_fs = w.T @ f_s
-        d_fq = grad_pred @ w_fs
+        d_fq = grad_pred @ w_fs if query_grad else f_q.new_empty(0, d)
         d_fs = w @ (grad_pred.T @ f_q) - v @ w_fs - w @ (v.T @ f_s)
         lam_sensitivity = -(v * w).sum()
     if reg_mode == "trace":
@@ -310,11 +312,13 @@ def backward(
     reg_mode: str,
     solver: str,
     epsilon: float,
+    query_grad: bool = True,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """(dF_S, dY_S, dF_T, dY_T): the isa part gives G = dLoss/dP, the krr part the rest."""
     grad_pred = isa_backward(residual, kept, partner, grad_losses, epsilon)
     d_fs, d_ys, d_ft = krr_backward(
-        f_s, y_s, f_t, grad_pred, coef, factor, lam, reg_mode=reg_mode, solver=solver
+        f_s, y_s, f_t, grad_pred, coef, factor, lam, reg_mode=reg_mode, solver=solver,
+        query_grad=query_grad,
     )
     return d_fs, d_ys, d_ft, -grad_pred
 
@@ -349,8 +353,10 @@ def predict_backward(
     lam: Tensor,
     reg_mode: str,
     solver: str,
+    query_grad: bool = True,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """(dF_S, dY_S, dF_Q)."""
     return krr_backward(
-        f_s, y_s, f_q, grad_pred, coef, factor, lam, reg_mode=reg_mode, solver=solver
+        f_s, y_s, f_q, grad_pred, coef, factor, lam, reg_mode=reg_mode, solver=solver,
+        query_grad=query_grad,
     )

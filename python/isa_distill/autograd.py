@@ -131,8 +131,9 @@ def isa_krr_backward(
     solver: str,
     epsilon: float,
     backend: str,
+    query_grad: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """(dF_S, dY_S, dF_T, dY_T)."""
+    """(dF_S, dY_S, dF_T, dY_T); without ``query_grad``, dF_T has 0 rows (not computed)."""
     return tuple(
         backend_module(backend).backward(
             support_features,
@@ -149,8 +150,13 @@ def isa_krr_backward(
             reg_mode=reg_mode,
             solver=solver,
             epsilon=epsilon,
+            query_grad=query_grad,
         )
     )
+
+
+def _query_grad_like(query: Tensor, wanted: bool) -> Tensor:
+    return torch.empty_like(query) if wanted else query.new_empty(0, query.shape[1])
 
 
 @isa_krr_backward.register_fake
@@ -159,12 +165,11 @@ def _isa_krr_backward_fake(
     support_labels: Tensor,
     target_features: Tensor,
     target_labels: Tensor,
-    *unused: object,
+    *others: object,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    return tuple(
-        torch.empty_like(t)
-        for t in (support_features, support_labels, target_features, target_labels)
-    )
+    query_grad = others[-1]
+    return (torch.empty_like(support_features), torch.empty_like(support_labels),
+            _query_grad_like(target_features, query_grad), torch.empty_like(target_labels))
 
 
 def _isa_krr_setup_context(ctx, inputs, output) -> None:
@@ -224,6 +229,7 @@ def _isa_krr_backward_rule(ctx, grad_losses, *ignored_grads):
         ctx.options["solver"],
         ctx.options["epsilon"],
         ctx.options["backend"],
+        ctx.needs_input_grad[2],
     )
     wanted = tuple(g if need else None for g, need in zip(grads, ctx.needs_input_grad[:4]))
     if ctx.options["check_gradients"]:
@@ -304,8 +310,9 @@ def krr_predict_backward(
     reg_mode: str,
     solver: str,
     backend: str,
+    query_grad: bool,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """(dF_S, dY_S, dF_Q)."""
+    """(dF_S, dY_S, dF_Q); without ``query_grad``, dF_Q has 0 rows (not computed)."""
     return tuple(
         backend_module(backend).predict_backward(
             support_features,
@@ -317,15 +324,18 @@ def krr_predict_backward(
             lam=lam,
             reg_mode=reg_mode,
             solver=solver,
+            query_grad=query_grad,
         )
     )
 
 
 @krr_predict_backward.register_fake
 def _krr_predict_backward_fake(
-    support_features: Tensor, support_labels: Tensor, query_features: Tensor, *unused: object
+    support_features: Tensor, support_labels: Tensor, query_features: Tensor, *others: object
 ) -> tuple[Tensor, Tensor, Tensor]:
-    return tuple(torch.empty_like(t) for t in (support_features, support_labels, query_features))
+    query_grad = others[-1]
+    return (torch.empty_like(support_features), torch.empty_like(support_labels),
+            _query_grad_like(query_features, query_grad))
 
 
 def _krr_predict_setup_context(ctx, inputs, output) -> None:
@@ -353,6 +363,7 @@ def _krr_predict_backward_rule(ctx, grad_pred, *ignored_grads):
         ctx.options["reg_mode"],
         ctx.options["solver"],
         ctx.options["backend"],
+        ctx.needs_input_grad[2],
     )
     wanted = tuple(g if need else None for g, need in zip(grads, ctx.needs_input_grad[:3]))
     if ctx.options["check_gradients"]:

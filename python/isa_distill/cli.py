@@ -11,6 +11,9 @@
                                      a set published by another project, as a run directory
     isa-distill info                 versions, backends, devices, datasets found
 
+``distill`` and ``evaluate`` also run under ``torchrun --nproc_per_node N -m isa_distill ...``:
+the ranks share the work, rank 0 alone prints and writes the run (docs/distributed.md).
+
 Errors a user can fix (unknown dataset or preset, IPC too large, missing data, an existing run
 directory, a damaged run, a resume with changed settings) print one line to stderr and exit
 with status 2.
@@ -32,7 +35,7 @@ DEFAULT_IPC = 10
 CONFIG_FLAGS = ("ipc", "epsilon", "discard", "partner", "steps", "batch_size", "width", "depth",
                 "optimizer", "lr", "flip", "zca", "seed", "backend", "device", "autocast",
                 "class_reduction", "compile", "compile_mode", "channels_last", "checkpoint_every",
-                "eval_steps")
+                "eval_steps", "shard_semantics")
 RESUMABLE_FLAGS_TEXT = ("--steps, --device, --checkpoint-every, --data-root and the evaluation and "
                         "output options (--eval-*, --select*, --full-data, --no-eval, --quiet)")
 
@@ -99,6 +102,10 @@ def _parser() -> argparse.ArgumentParser:
                                                 "max-autotune-no-cudagraphs"),
                      help="torch.compile mode with --compile; reduce-overhead uses CUDA graphs")
     run.add_argument("--checkpoint-every", type=int, help="steps between checkpoints")
+    run.add_argument("--shard-semantics", choices=("global", "local"),
+                     help="under torchrun: discard and partners over the global target batch "
+                     "(global, the default: the single-process result) or within each rank's "
+                     "shard (local, as the official pmap code)")
     run.add_argument("--run-dir", type=Path,
                      help="where to write the run (default: runs/<dataset>-ipc<N>-<time>)")
     run.add_argument("--resume", action="store_true",
@@ -111,6 +118,7 @@ def _parser() -> argparse.ArgumentParser:
                      "scalars to <run>/tensorboard/ (needs `pip install tensorboard`)")
     run.add_argument("--no-eval", action="store_true", help="skip the final evaluation table")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_timeout_option(run)
 
     evaluate = commands.add_parser("evaluate", help="evaluate a run with the protocol")
     evaluate.add_argument("run_dir", type=Path)
@@ -121,6 +129,7 @@ def _parser() -> argparse.ArgumentParser:
                           "cuda:1, ...")
     _add_eval_options(evaluate)
     evaluate.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_timeout_option(evaluate)
 
     show = commands.add_parser("show", help="re-render a run's pictures and print its summary")
     show.add_argument("run_dir", type=Path)
@@ -174,6 +183,24 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
     return value
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
+    return value
+
+
+def _add_timeout_option(parser: argparse.ArgumentParser) -> None:
+    from .distributed import DEFAULT_TIMEOUT
+
+    parser.add_argument("--dist-timeout", type=_positive_seconds, default=DEFAULT_TIMEOUT,
+                        help="under torchrun: seconds a rank waits for the others before the "
+                        "launch fails (default: %(default)g)")
 
 
 def _add_eval_options(parser: argparse.ArgumentParser) -> None:
@@ -240,37 +267,67 @@ def _check_eval_options(args: argparse.Namespace) -> None:
         raise CliError("--select-every applies to --select best-val only")
 
 
-def cmd_distill(args: argparse.Namespace) -> int:
-    import dataclasses
-
+def cmd_distill(args: argparse.Namespace, parallel) -> int:
     from .distill import check_ipc, distill
     from .plots import render_run
+
+    say = _say(parallel)
+    # Rank 0 checks the request and picks the run directory; every rank gets its answer.
+    config, meta, run_dir = parallel.from_writer(lambda: _distill_request(args))
+    if args.tensorboard:
+        parallel.from_writer(_require_tensorboard)  # every rank stops when it is missing
+    if args.resume:
+        data = _load_run_data(meta, args.data_root)
+    else:
+        data = _load_data(_dataset_name(args), args.data_root, config.seed, args)
+        parallel.from_writer(lambda: check_ipc(data.train, config.ipc, data.num_classes))
+        say(_describe_config(data, config, run_dir, parallel.world_size))
+    on_log = _tensorboard(args, run_dir) if parallel.writes else None
+    try:
+        result = distill(data, config, run_dir=run_dir, resume=args.resume,
+                         progress=not args.quiet, parallel=parallel, on_log=on_log)
+    finally:
+        if on_log is not None:
+            on_log.close()
+    pictures = parallel.from_writer(lambda: render_run(run_dir))
+    say(f"\ndistilled {result.steps_done} steps in {result.elapsed:.1f} s; run written to "
+        f"{run_dir}/ ({', '.join(p.name for p in pictures)})")
+    if not args.no_eval:
+        _print_evaluation(run_dir, data, args, device=result.config.device, parallel=parallel)
+    return 0
+
+
+def _dataset_name(args: argparse.Namespace) -> str:
+    return args.dataset or DEFAULT_DATASET
+
+
+def _say(parallel):
+    """``print`` on the writing process, nothing on the other ranks."""
+    return print if parallel.writes else (lambda *args, **kwargs: None)
+
+
+def _distill_request(args: argparse.Namespace):
+    """(config, meta of the run to resume or None, run directory), every check passed."""
+    import dataclasses
+
     from .presets import DEFAULT_PRESET, preset_config
 
     _check_eval_options(args)
     if args.resume:
-        config, data, run_dir = _resume_request(args)
-    else:
-        dataset = args.dataset or DEFAULT_DATASET
-        config = preset_config(dataset, args.preset or DEFAULT_PRESET, **_config_flags(args))
-        config = dataclasses.replace(config, device=_resolve_device(config.device))
-        data = _load_data(dataset, args.data_root, config.seed, args)
-        check_ipc(data.train, config.ipc, data.num_classes)
-        run_dir = args.run_dir or _default_run_dir(dataset, config.ipc)
-        print(_describe_config(data, config, run_dir))
-    on_log = _tensorboard(args, run_dir)
+        return _resume_request(args)
+    config = preset_config(_dataset_name(args), args.preset or DEFAULT_PRESET,
+                           **_config_flags(args))
+    config = dataclasses.replace(config, device=_resolve_device(config.device))
+    return config, None, args.run_dir or _default_run_dir(_dataset_name(args), config.ipc)
+
+
+def _require_tensorboard() -> None:
+    from .tensorboard_log import TensorBoardMissingError, summary_writer_class
+
     try:
-        result = distill(data, config, run_dir=run_dir, resume=args.resume,
-                         progress=not args.quiet, on_log=on_log)
-    finally:
-        if on_log is not None:
-            on_log.close()
-    pictures = render_run(run_dir)
-    print(f"\ndistilled {result.steps_done} steps in {result.elapsed:.1f} s; run written to "
-          f"{run_dir}/ ({', '.join(p.name for p in pictures)})")
-    if not args.no_eval:
-        _print_evaluation(run_dir, data, args, device=result.config.device)
-    return 0
+        summary_writer_class()
+    except TensorBoardMissingError as error:
+        raise CliError(str(error)) from error
 
 
 def _tensorboard(args: argparse.Namespace, run_dir: Path):
@@ -296,7 +353,7 @@ def _config_flags(args: argparse.Namespace) -> dict:
 
 
 def _resume_request(args: argparse.Namespace):
-    """(config, data, run_dir) to resume ``--run-dir`` with: the stored config with the flags
+    """(config, meta, run_dir) to resume ``--run-dir`` with: the stored config with the flags
     that may change applied; CliError naming the flags given that would change the result."""
     import dataclasses
 
@@ -326,9 +383,8 @@ def _resume_request(args: argparse.Namespace):
         raise CliError(f"--steps {config.steps} is fewer than the {run.meta['steps_done']} steps "
                        f"{args.run_dir} has done; pass --steps {run.meta['steps_done']} or more")
     config = dataclasses.replace(config, device=_resolve_device(config.device))
-    data = _load_run_data(run.meta, args.data_root)
     print(f"resuming {args.run_dir}: {run.meta['steps_done']} of {config.steps} steps done")
-    return config, data, args.run_dir
+    return config, run.meta, args.run_dir
 
 
 def _resume_conflicts(args: argparse.Namespace, meta: dict, stored) -> list[str]:
@@ -442,24 +498,28 @@ def _resolve_device(requested: str) -> str:
     return device
 
 
-def cmd_evaluate(args: argparse.Namespace) -> int:
+def cmd_evaluate(args: argparse.Namespace, parallel) -> int:
     from .runs import load_distilled
 
-    _check_eval_options(args)
-    device = _resolve_device(args.device)
-    meta = load_distilled(args.run_dir).meta
+    def request() -> tuple[dict, str]:
+        _check_eval_options(args)
+        return load_distilled(args.run_dir).meta, _resolve_device(args.device)
+
+    meta, device = parallel.from_writer(request)
     data = _load_run_data(meta, args.data_root)
-    _print_evaluation(args.run_dir, data, args, device=device)
+    _print_evaluation(args.run_dir, data, args, device=device, parallel=parallel)
     return 0
 
 
-def _print_evaluation(run_dir: Path, data, args: argparse.Namespace, *, device: str) -> None:
-    """Train the protocol's networks on the distilled set, a random subset and all data."""
+def _print_evaluation(run_dir: Path, data, args: argparse.Namespace, *, device: str,
+                      parallel) -> None:
+    """Train the protocol's networks on the distilled set, a random subset and all data;
+    under torchrun the ranks share each set's networks and rank 0 prints the table."""
     from .data import Split, allows_flip
     from .evaluate import evaluate_full_data, evaluate_random_subset, evaluate_set
     from .runs import load_distilled
 
-    distilled = load_distilled(run_dir)
+    distilled = parallel.from_writer(lambda: load_distilled(run_dir))
     config = distilled.meta["config"]
     steps = args.eval_steps or config.get("eval_steps")
     prep = distilled.preprocessor
@@ -479,12 +539,16 @@ def _print_evaluation(run_dir: Path, data, args: argparse.Namespace, *, device: 
     )
     ipc = int(distilled.meta["ipc"])
     label = _set_name(distilled.meta)
+    evaluate = parallel.evaluate
     rows = [(f"distilled ({label})", len(distilled.images),
-             evaluate_set(distilled.images, distilled.labels, **options))]
+             evaluate(evaluate_set, distilled.images, distilled.labels, **options))]
     rows.append(("random subset", ipc * data.num_classes,
-                 evaluate_random_subset(train, ipc, **options)))
+                 evaluate(evaluate_random_subset, train, ipc, **options)))
     if args.full_data:
-        rows.append(("full train data", len(train), evaluate_full_data(train, **options)))
+        rows.append(("full train data", len(train), evaluate(evaluate_full_data, train,
+                                                             **options)))
+    if not parallel.writes:
+        return
     budget = f"{steps} steps" if steps else "protocol step budget"
     recipe = f"{args.eval_batches} batches, {args.select} weights"
     print(f"\n{data.name}, IPC {ipc}: test accuracy over {args.eval_models} Conv-NN networks "
@@ -629,9 +693,11 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def _describe_config(data, config, run_dir: Path) -> str:
+def _describe_config(data, config, run_dir: Path, world_size: int = 1) -> str:
     from .distill import resolved_flip, resolved_zca
 
+    ranks = "" if world_size == 1 else (
+        f"\n  {world_size} ranks (torchrun), {config.shard_semantics} shard semantics")
     return (
         f"distilling {data.name} ({len(data.train)} train images, {data.num_classes} classes) "
         f"to IPC {config.ipc} with {_method_name(config.__dict__)}\n"
@@ -639,30 +705,68 @@ def _describe_config(data, config, run_dir: Path) -> str:
         f"{config.batch_size}, {config.optimizer} lr {config.peak_lr:g}, flip "
         f"{resolved_flip(config, data.name, data.num_classes)}, zca "
         f"{resolved_zca(config, data.name)}, device {config.device}"
-        f"{', compiled' if config.compile else ''}\n  run directory: {run_dir}"
+        f"{', compiled' if config.compile else ''}{ranks}\n  run directory: {run_dir}"
     )
 
 
-COMMANDS = {"distill": cmd_distill, "evaluate": cmd_evaluate, "show": cmd_show,
-            "export": cmd_export, "import": cmd_import, "info": cmd_info}
+# Commands that run under torchrun (their ranks share the work); the others run in one process.
+DISTRIBUTED_COMMANDS = {"distill": cmd_distill, "evaluate": cmd_evaluate}
+COMMANDS = {"show": cmd_show, "export": cmd_export, "import": cmd_import, "info": cmd_info}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    from .data import DatasetError
-    from .runs import RunExistsError, RunNotFoundError
+    from .distributed import launched
 
+    if launched():
+        # torchrun's failure summary then shows the exception of a rank that raised.
+        from torch.distributed.elastic.multiprocessing.errors import record
+
+        return record(_main)(argv)
+    return _main(argv)
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    args = _parser().parse_args(argv)
+    from .distributed import launched
+
+    if launched() and args.command not in DISTRIBUTED_COMMANDS:
+        print(f"{PROG}: error: {args.command} runs in one process; run it without torchrun "
+              f"(under torchrun: {', '.join(DISTRIBUTED_COMMANDS)})", file=sys.stderr)
+        return USAGE_ERROR
     if hasattr(args, "handler"):  # an experiment subcommand handles its own errors
         return args.handler(args)
-    try:
-        return COMMANDS[args.command](args)
-    except (CliError, ValueError, DatasetError, RunExistsError, RunNotFoundError) as error:
-        message = " ".join(_in_flag_words(error).split())  # one line, even for multi-line ones
-        print(f"{PROG}: error: {message}", file=sys.stderr)
-        return USAGE_ERROR
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted; continue with --resume --run-dir <run>", file=sys.stderr)
-        return 130
+    if args.command in COMMANDS:
+        return _reporting_errors(lambda parallel: COMMANDS[args.command](args), None)
+    return _reporting_errors(lambda parallel: DISTRIBUTED_COMMANDS[args.command](args, parallel),
+                             args.dist_timeout)
+
+
+def _reporting_errors(command, timeout: float | None) -> int:
+    """Run ``command(parallel)``; errors a user can fix print one line and give status 2.
+
+    Under torchrun each rank reports its own errors, except those rank 0 raised and shared
+    (``from_writer``), which rank 0 alone prints."""
+    from .data import DatasetError
+    from .distributed import DEFAULT_TIMEOUT, DistributedError, launch, reported_elsewhere
+    from .runs import RunExistsError, RunNotFoundError
+
+    with launch(DEFAULT_TIMEOUT if timeout is None else timeout) as parallel:
+        where = "" if parallel.writes else f" (rank {parallel.rank})"
+        try:
+            return command(parallel)
+        except (CliError, ValueError, DatasetError, RunExistsError, RunNotFoundError) as error:
+            if not reported_elsewhere(error):
+                message = " ".join(_in_flag_words(error).split())  # one line, even for many
+                print(f"{PROG}: error{where}: {message}", file=sys.stderr)
+            return USAGE_ERROR
+        except DistributedError as error:
+            print(f"{PROG}: error{where}: {error}", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
+            if parallel.writes:
+                print(f"{PROG}: interrupted; continue with --resume --run-dir <run>",
+                      file=sys.stderr)
+            return 130
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -17,6 +17,10 @@ checkpointed with everything else, so an interrupted and resumed run is bit-iden
 uninterrupted one on the same device, and a run can be resumed on another device. The step
 never waits for the GPU: losses and the checks' status are accumulated on the device and read
 once per ``log_every`` steps and before every checkpoint.
+
+Under torchrun (``isa_distill.distributed``) every rank runs this loop with the same draws; the
+hooks of ``isa_distill.parallel`` shard the step's network work, and rank 0 alone reads and
+writes the run directory and shows progress (docs/distributed.md).
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from .devices import AUTO, resolve_device
 from .evaluate import centred_one_hot
 from .models import build_model
 from .optim import Lamb
+from .parallel import SHARD_SEMANTICS, SINGLE_PROCESS, SingleProcess
 from .step import COMPILE_MODES, LossHook, LossSettings, OuterStep, StepResult, TargetHook
 
 OPTIMIZERS = ("lamb", "adam")
@@ -103,6 +108,9 @@ class DistillConfig:
     val_every: int = 0  # validation accuracy every N steps (0: only at the end)
     val_steps: int = 300  # training steps of the one-network validation probe
     eval_steps: int | None = None  # steps of each final evaluation network (None: protocol table)
+    # Several ranks (torchrun): discard and partners over the global batch ("global", equal to
+    # one process) or within each rank's shard ("local", as the official pmap code).
+    shard_semantics: str = "global"
 
     def validate(self) -> None:
         """Raise ``ConfigError`` (a ValueError) naming the first field that is out of range."""
@@ -137,7 +145,7 @@ class DistillConfig:
             raise ConfigError("reg", f"reg must be a finite positive number, got {self.reg}")
         choices = {"partner": PARTNERS, "optimizer": OPTIMIZERS, "norm": NORMS,
                    "backend": BACKENDS, "class_reduction": CLASS_REDUCTIONS,
-                   "compile_mode": COMPILE_MODES}
+                   "compile_mode": COMPILE_MODES, "shard_semantics": SHARD_SEMANTICS}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(name, f"{name} must be one of {allowed}, got "
@@ -396,8 +404,9 @@ class LossWindow:
     checkpoint, so a checkpoint never stores a set damaged by a step whose checks failed.
     """
 
-    def __init__(self, device: torch.device, start: int) -> None:
+    def __init__(self, device: torch.device, start: int, stack=SINGLE_PROCESS.stack) -> None:
         self.device = device
+        self.stack = stack  # every rank's values, (ranks, ...): ranks check and log together
         self.checked_upto = start  # steps up to here have had their status read
         self.status = torch.zeros((), dtype=torch.int32, device=device)
         self._reset_sums()
@@ -416,8 +425,11 @@ class LossWindow:
     def check(self, done: int) -> None:
         """Raise (or warn about) what the checks found in the steps since the last check."""
         steps = f"distillation steps {self.checked_upto + 1}-{done}"
+        status = torch.zeros_like(self.status)
+        for rank_status in self.stack(self.status):  # what any rank's checks found
+            status = status | rank_status
         try:
-            checks.raise_for_status(self.status, where=steps)
+            checks.raise_for_status(status, where=steps)
         except (ValueError, ArithmeticError, torch.linalg.LinAlgError) as error:
             raise type(error)(
                 f"{error} (the synthetic set is damaged from there on; the last checkpoint "
@@ -429,7 +441,8 @@ class LossWindow:
     def read(self, done: int) -> tuple[float, float]:
         """``check``, then the mean kernel and margin terms since the last read."""
         self.check(done)
-        kernel, margin = (torch.stack([self.kernel, self.margin]) / self.count).tolist()
+        sums = self.stack(torch.stack([self.kernel, self.margin])).mean(0)  # mean over ranks
+        kernel, margin = (sums / self.count).tolist()
         self._reset_sums()
         return kernel, margin
 
@@ -496,39 +509,33 @@ def resumed_config(meta: dict[str, Any], config: DistillConfig | None) -> Distil
     return resumed
 
 
-def distill(
-    data: DatasetSplits,
-    config: DistillConfig | None = None,
-    run_dir: str | Path | None = None,
-    resume: bool = False,
-    progress: bool = True,
-    loss_fn: LossHook | None = None,
-    target_transform: TargetHook | None = None,
-    on_log: Callable[[dict[str, Any]], None] | None = None,
-) -> DistillResult:
-    """Distil ``data`` with ``config``; with ``run_dir``, checkpoint and write the run there.
+def check_world_size(run: runs.Run, config: DistillConfig, world_size: int) -> None:
+    """Refuse to resume a run with local shard semantics on another number of ranks.
 
-    ``loss_fn(F_S, Y_S, F_T, Y_T, *, settings, generator) -> loss`` replaces the ISA loss and
-    ``target_transform(images, labels, generator) -> (images, labels)`` rewrites each target
-    batch; both exist for the ablations (see ``isa_distill.step.loss_terms``) and are not
-    stored with the run. ``on_log(row)`` is called with every row written to log.csv (the
-    keys of ``runs.LOG_COLUMNS``; ``val_acc`` None when not measured), e.g. to write the values
-    to TensorBoard (``isa_distill.tensorboard_log``).
-
-    ``resume=True`` continues the run in ``run_dir`` from its last checkpoint with the config
-    stored there (``config`` may then be None; if given, it may differ only in
-    ``RESUMABLE_FIELDS``: a larger ``steps`` extends a finished or running run at the final lr,
-    see ``cosine_lr``). A run without a checkpoint, or whose files do not match the sha256s in
-    its meta.json, is refused (``runs.RunNotFoundError`` / ``runs.RunDamagedError``).
-    Without ``resume``, an existing non-empty ``run_dir`` is refused (``runs.RunExistsError``)
-    and left untouched.
+    With local semantics each rank discards and pairs within its shard, so the set depends on
+    the number of ranks; with global semantics it does not (up to float rounding: the shards'
+    features come from batches of other sizes), and any number of ranks may resume a run.
     """
-    if resume and run_dir is None:
-        raise ValueError("resume=True needs the run_dir of the run to continue")
-    checkpoint = None
+    stored = int(run.meta.get("world_size", 1))
+    if config.shard_semantics == "local" and stored != world_size:
+        raise ValueError(
+            f"run {run.path} was distilled with shard_semantics 'local' on {stored} rank(s); "
+            f"resuming it on {world_size} would change the shards within which each rank "
+            f"discards and pairs targets. Resume it on {stored} rank(s) in all (torchrun "
+            "--nnodes x --nproc_per_node); runs with global semantics resume on any number"
+        )
+
+
+def checked_request(data: DatasetSplits, config: DistillConfig | None, run_dir, resume: bool,
+                    parallel: SingleProcess) -> tuple[runs.Run | None, DistillConfig, Any]:
+    """(run, config, checkpoint) of a request that passed every check: with ``resume`` the
+    run opened in ``run_dir`` with the config it continues with and its last checkpoint;
+    otherwise (None, config, None). Raises what ``distill`` documents."""
+    run = checkpoint = None
     if resume:
         run = runs.Run.open_for_resume(run_dir, data)
         config = resumed_config(run.meta, config)
+        check_world_size(run, config, parallel.world_size)
         checkpoint = run.load_checkpoint()  # raises when missing or damaged
         if config.steps < checkpoint["step"]:
             raise ValueError(f"steps={config.steps} is fewer than the {checkpoint['step']} steps "
@@ -540,23 +547,72 @@ def distill(
     if data.num_classes < 2:
         raise ValueError(f"need at least 2 classes to distil, {data.name} has {data.num_classes}")
     check_ipc(data.train, config.ipc, data.num_classes)
+    flip = resolved_flip(config, data.name, data.num_classes)
+    support_rows = config.ipc * data.num_classes * (2 if flip else 1)
+    parallel.check(config, min(config.batch_size, len(data.train)), support_rows)
+    return run, config, checkpoint
+
+
+def distill(
+    data: DatasetSplits,
+    config: DistillConfig | None = None,
+    run_dir: str | Path | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    loss_fn: LossHook | None = None,
+    target_transform: TargetHook | None = None,
+    parallel: SingleProcess | None = None,
+    on_log: Callable[[dict[str, Any]], None] | None = None,
+) -> DistillResult:
+    """Distil ``data`` with ``config``; with ``run_dir``, checkpoint and write the run there.
+
+    ``loss_fn(F_S, Y_S, F_T, Y_T, *, settings, generator) -> loss`` replaces the ISA loss and
+    ``target_transform(images, labels, generator) -> (images, labels)`` rewrites each target
+    batch; both exist for the ablations (see ``isa_distill.step.loss_terms``) and are not
+    stored with the run. ``on_log(row)`` is called with every row written to log.csv (the
+    keys of ``runs.LOG_COLUMNS``; ``val_acc`` None when not measured), on the writing process
+    only, e.g. to write the values to TensorBoard (``isa_distill.tensorboard_log``).
+
+    ``resume=True`` continues the run in ``run_dir`` from its last checkpoint with the config
+    stored there (``config`` may then be None; if given, it may differ only in
+    ``RESUMABLE_FIELDS``: a larger ``steps`` extends a finished or running run at the final lr,
+    see ``cosine_lr``). A run without a checkpoint, or whose files do not match the sha256s in
+    its meta.json, is refused (``runs.RunNotFoundError`` / ``runs.RunDamagedError``).
+    Without ``resume``, an existing non-empty ``run_dir`` is refused (``runs.RunExistsError``)
+    and left untouched.
+
+    ``parallel``: the ranks of a torchrun launch (``isa_distill.distributed.launch``), each of
+    which calls ``distill`` with the same arguments; rank 0 alone reads and writes ``run_dir``
+    (a run with local shard semantics resumes only on as many ranks, see
+    ``check_world_size``). None: this process alone.
+    """
+    if resume and run_dir is None:
+        raise ValueError("resume=True needs the run_dir of the run to continue")
+    parallel = SINGLE_PROCESS if parallel is None else parallel
+    # Rank 0 reads the run directory and checks the request; every rank gets its answer (or
+    # its exception), so the ranks go on or stop together.
+    run, config, checkpoint = parallel.from_writer(
+        lambda: checked_request(data, config, run_dir, resume, parallel))
     device = torch.device(config.device)
     num_classes = data.num_classes
     flip = resolved_flip(config, data.name, num_classes)
     step_fn = OuterStep(config.loss_settings(num_classes, flip), compile=config.compile,
                         mode=config.compile_mode, loss_fn=loss_fn,
-                        target_transform=target_transform)
+                        target_transform=target_transform,
+                        parallel=parallel.step_hooks(config.shard_semantics))
     preprocessor = Preprocessor.fit(data.train.images, zca=resolved_zca(config, data.name))
     train = preprocessed(data.train, preprocessor, device, config.channels_last)
     train_targets = centred_one_hot(train.labels, num_classes)
     val = preprocessed(data.val, preprocessor, device)
     batch_size = min(config.batch_size, len(train))
-    if not resume:  # only after every check that can fail, so no empty run is left behind
-        run = None if run_dir is None else runs.Run.create(run_dir)
+    if not resume and run_dir is not None:  # after every check, so no empty run is left
+        run = parallel.from_writer(lambda: runs.Run.create(run_dir))
+    run = run if parallel.writes else None  # the other ranks never touch the run directory
     if run is not None and checkpoint is None:
-        run.write_meta(data, config, preprocessor, flip=flip, steps_done=0)
-    elif resume:
-        run.record_resume(config, data_root=data.root)
+        run.write_meta(data, config, preprocessor, flip=flip, steps_done=0,
+                       world_size=parallel.world_size)
+    elif run is not None:
+        run.record_resume(config, data_root=data.root, world_size=parallel.world_size)
 
     generators = make_generators(config.seed)
     if checkpoint is None:
@@ -580,7 +636,8 @@ def distill(
     optimizer = make_optimizer(learned, config)
     if checkpoint is not None:
         optimizer.load_state_dict(checkpoint["optimizer"])
-    history = run.read_log(upto_step=start) if run is not None else []
+    history = parallel.from_writer(
+        lambda: run.read_log(upto_step=start) if run is not None else [])
     online_rows = min(len(support_images), config.online_batch)
 
     def save(step: int, elapsed: float) -> None:
@@ -596,10 +653,10 @@ def distill(
     started = time.perf_counter()
     elapsed = elapsed_before
     bar = tqdm(
-        total=config.steps, initial=start, disable=not progress, desc="distill", unit="step",
-        dynamic_ncols=True,
+        total=config.steps, initial=start, disable=not (progress and parallel.writes),
+        desc="distill", unit="step", dynamic_ncols=True,
     )
-    window = LossWindow(device, start)
+    window = LossWindow(device, start, stack=parallel.stack)
     for step in range(start, config.steps):
         for group in optimizer.param_groups:
             group["lr"] = cosine_lr(step, config)
@@ -634,7 +691,7 @@ def distill(
             history.append(row)
             if run is not None:
                 run.append_log(row)
-            if on_log is not None:
+            if on_log is not None and parallel.writes:
                 on_log(row)
             postfix = {"kernel": f"{kernel:.4g}", "margin": f"{margin:.3g}"}
             if val_acc is not None:

@@ -376,6 +376,7 @@ def evaluate_set(
     select: str = "last",
     val=None,
     select_every: int | None = None,
+    networks: Sequence[int] | None = None,
     progress_label: str = "distilled set",
     model_fn: ModelFactory | None = None,
 ) -> EvalResult:
@@ -396,6 +397,9 @@ def evaluate_set(
         select: ``"last"`` (default) or ``"best-val"``: keep the weights with the best accuracy
             on ``val``, scored every ``select_every`` steps (None: a tenth of ``steps``).
         val: the validation split (Split or (images, labels)), needed by ``"best-val"`` only.
+        networks: train only these of the ``num_models`` networks (indices), each with the
+            seeds it has among all of them; the result holds their accuracies in this order.
+            Lets several processes share one evaluation (``isa_distill.distributed``).
         progress_label: what the progress bar calls the set being evaluated.
         model_fn: your own network instead of the built-in ``arch``: a function without
             arguments returning a fresh ``nn.Module`` (e.g. ``lambda: MyNet()``), called once
@@ -424,6 +428,14 @@ def evaluate_set(
             )
     if num_models < 1:
         raise ValueError(f"num_models must be >= 1, got {num_models}")
+    seeds = _seeds(seed, num_models)
+    if networks is not None:
+        networks = list(networks)
+        if not networks or any(not 0 <= i < num_models for i in networks):
+            raise ValueError(
+                f"networks must be non-empty indices in [0, {num_models}), got {networks}"
+            )
+        seeds = [seeds[i] for i in networks]
     steps = protocol_steps(len(images)) if steps is None else steps
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
@@ -442,9 +454,9 @@ def evaluate_set(
                              "a features(x) method returning (batch, d) features")
 
     accuracies, krr_accuracies = [], []
-    with tqdm(total=num_models * steps, desc=f"evaluate {progress_label}",
+    with tqdm(total=len(seeds) * steps, desc=f"evaluate {progress_label}",
               disable=not progress) as bar:
-        for init_seed, data_seed in _seeds(seed, num_models):
+        for init_seed, data_seed in seeds:
             model = train_network(
                 images, targets, arch=arch, norm=norm, width=width, depth=depth, steps=steps,
                 lr=lr, warmup=warmup, batch_size=batch_size, augment=augment, flip=flip,

@@ -5,7 +5,7 @@ A run directory holds::
     distilled.safetensors   images and labels (network input space) + the preprocessor tensors
                             under "preprocessor.<name>" (standardisation and ZCA state)
     meta.json               dataset, IPC, classes, preprocessing, label encoding, full config,
-                            seed, steps done, library version
+                            seed, steps done, processes (ranks) that ran it, library version
     checkpoint.pt           torch.save of a plain dict: synthetic set, optimiser state, every pool
                             model with its optimiser and counter, all generator states
     log.csv                 step, loss (= kernel_loss + margin_loss), kernel_loss (the ISA KRR
@@ -77,7 +77,8 @@ REQUIRED_META = {
 }  # fmt: skip
 OPTIONAL_META = {
     "class_names": list, "version": str, "elapsed_seconds": float,
-    "data_root": (str, type(None)), SHA256: dict, PENDING_SHA256: dict, "source": dict,
+    "data_root": (str, type(None)), SHA256: dict, PENDING_SHA256: dict, "world_size": int,
+    "source": dict,
 }  # fmt: skip
 
 
@@ -118,8 +119,9 @@ def _temporary_sibling(path: Path) -> Path:
     raise FileExistsError(f"cannot create a temporary file beside {path}")
 
 
-def write_temporary(path: Path, write: Callable[[Path], None]) -> Path:
-    """Call ``write(tmp)`` on a new temporary sibling of ``path`` and fsync it; returns ``tmp``.
+def synced_sibling(path: Path, write: Callable[[Path], None]) -> Path:
+    """A temporary sibling of ``path`` holding what ``write(tmp)`` wrote, fsynced (removed
+    again if writing fails).
 
     The file keeps the mode a new file gets under the umask (0644 under umask 022), also when
     ``write`` replaces it (safetensors creates its files 0600), so the run's files are as
@@ -139,13 +141,9 @@ def write_temporary(path: Path, write: Callable[[Path], None]) -> Path:
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Call ``write(tmp)`` on a temporary sibling of ``path``, fsync it, then move it into place."""
-    tmp = write_temporary(path, write)
-    try:
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    """Write ``path`` through a synced temporary sibling moved into place: a kill leaves the old
+    or the new version, never half of one."""
+    os.replace(synced_sibling(path, write), path)
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -170,12 +168,8 @@ class StagedFile:
 
     @classmethod
     def write(cls, path: Path, write: Callable[[Path], None]) -> StagedFile:
-        tmp = write_temporary(path, write)
-        try:
-            return cls(path, tmp, file_sha256(tmp))
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        tmp = synced_sibling(path, write)
+        return cls(path, tmp, file_sha256(tmp))
 
     def move_into_place(self) -> None:
         os.replace(self.tmp, self.path)
@@ -365,7 +359,7 @@ class Run:
     # ------------------------------------------------------------------ meta.json
 
     def write_meta(self, data, config, preprocessor: Preprocessor, *, flip: bool,
-                   steps_done: int) -> None:
+                   steps_done: int, world_size: int = 1) -> None:
         _, preprocessing = _preprocessor_parts(preprocessor)
         self.meta = {
             "library": "isa-distill",
@@ -385,6 +379,7 @@ class Run:
             "seed": config.seed,
             "config": config.to_dict(),
             "steps_done": steps_done,
+            "world_size": world_size,  # processes (torchrun ranks) distilling it
             "elapsed_seconds": 0.0,
             SHA256: {},
             PENDING_SHA256: {},
@@ -395,10 +390,11 @@ class Run:
         self.meta.update(steps_done=steps_done, elapsed_seconds=round(elapsed, 3))
         self._write_meta_file()
 
-    def record_resume(self, config, *, data_root: str | None) -> None:
-        """Store the config a resumed run continues with (e.g. more ``steps``) and, when known,
-        the data root it was resumed from."""
+    def record_resume(self, config, *, data_root: str | None, world_size: int = 1) -> None:
+        """Store the config a resumed run continues with (e.g. more ``steps``), the number of
+        processes continuing it and, when known, the data root it was resumed from."""
         self.meta["config"] = config.to_dict()
+        self.meta["world_size"] = world_size
         if data_root is not None:
             self.meta["data_root"] = data_root
         self._write_meta_file()

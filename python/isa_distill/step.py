@@ -7,7 +7,8 @@ The step (protocol, steps 1-5):
    flip trick, X_S is [X_S; hflip(X_S)] and Y_S is [Y_S; Y_S]);
 2. kernel loss = isa_krr_loss(F_S, Y_S, F_T, Y_T) with deferred checks, and the label-margin
    term mean_i -min(top1(Y_S[i]) - top2(Y_S[i]), 1/C) (when labels are learned);
-3. backward, and one step of the synthetic set's optimiser (LAMB or Adam);
+3. backward (on several ranks, the gradients reduced over them: ``isa_distill.parallel``), and
+   one step of the synthetic set's optimiser (LAMB or Adam);
 4. ONE Adam step of the pool model on the given support rows (MSE to the current support
    labels, batch norm in training mode, no augmentation).
 
@@ -37,6 +38,7 @@ from torch import Tensor, nn
 
 from . import checks
 from .functional import isa_krr_loss
+from .parallel import SINGLE_STEP, StepHooks
 
 LossHook = Callable[..., Tensor]
 TargetHook = Callable[[Tensor, Tensor, torch.Generator], tuple[Tensor, Tensor]]
@@ -89,6 +91,7 @@ def loss_terms(
     generator: torch.Generator | None = None,
     loss_fn: LossHook | None = None,
     target_transform: TargetHook | None = None,
+    parallel: StepHooks = SINGLE_STEP,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """(kernel loss, label-margin term, status) of the support set on one target batch.
 
@@ -97,18 +100,22 @@ def loss_terms(
     the target batch before feature extraction, ``loss_fn(F_S, Y_S, F_T, Y_T, *, settings,
     generator)`` replaces the isa_krr_loss call; both draw from ``generator`` (the loss
     stream), so the target-batch and pool streams stay paired with the baseline's.
+    ``parallel`` computes the features; on several ranks (``isa_distill.distributed``) each
+    computes its shard's and the loss sees the global batch (or, with local shard semantics,
+    the rank's shard).
     """
     device = support_images.device
     if target_transform is not None:
         target_images, target_labels = target_transform(target_images, target_labels, generator)
     with torch.no_grad(), autocast_context(settings.autocast, device):
-        target_features = model.features(target_images)
+        target_features, target_labels = parallel.target_features(model, target_images,
+                                                                  target_labels)
     images, labels = support_images, support_labels
     if settings.flip:
         images = torch.cat([images, images.flip(-1)])
         labels = torch.cat([labels, labels])
     with autocast_context(settings.autocast, device):
-        support_features = model.features(images)
+        support_features = parallel.support_features(model, images)
     if loss_fn is not None:
         kernel = loss_fn(support_features.float(), labels, target_features.float(),
                          target_labels, settings=settings, generator=generator)
@@ -165,6 +172,9 @@ class OuterStep:
 
     ``compile``: torch.compile the two forward computations (``fullgraph=True``, ``mode``);
     refused with random partners or hooks, which draw from a generator inside the loss.
+    ``parallel``: the step's hooks into the other ranks of a data-parallel run (features of
+    the local shards, gradient reduction; ``isa_distill.distributed``); the default is one
+    process.
     """
 
     def __init__(
@@ -175,6 +185,7 @@ class OuterStep:
         mode: str = "default",
         loss_fn: LossHook | None = None,
         target_transform: TargetHook | None = None,
+        parallel: StepHooks = SINGLE_STEP,
     ) -> None:
         if compile and (settings.partner != "nearest" or loss_fn or target_transform):
             raise ValueError(
@@ -186,6 +197,7 @@ class OuterStep:
             raise ValueError(f"compile mode must be one of {COMPILE_MODES}, got {mode!r}")
         self.settings = settings
         self.hooks = dict(loss_fn=loss_fn, target_transform=target_transform)
+        self.parallel = parallel
         self._loss_terms = loss_terms
         self._online_loss = online_loss
         if compile:
@@ -209,10 +221,11 @@ class OuterStep:
             generator = None  # unused; keeps the compiled call free of generator arguments
         kernel, margin, status = self._loss_terms(
             for_features(model), support_images, support_labels, target_images, target_labels,
-            settings, generator, **self.hooks,
+            settings, generator, **self.hooks, parallel=self.parallel,
         )  # fmt: skip
         optimizer.zero_grad(set_to_none=True)
         (kernel + margin).backward()
+        self.parallel.reduce_gradients(support_images, support_labels)
         learned = [group_param for group in optimizer.param_groups
                    for group_param in group["params"]]
         status = status | gradient_status(learned)

@@ -233,6 +233,7 @@ pub(crate) struct Saved<'a, T> {
 }
 
 /// Backpropagates `grad` = dLoss/dP through the predictions, with one triangular solve pair.
+/// Without `query_grad` the query gradient is returned with 0 rows (its product skipped).
 ///
 /// Dual (W = coef, Z = F_Q^T G, V = (K + lam I)^-1 F_S Z):
 ///   dY_S = V, dF_Q = G W^T F_S,
@@ -247,6 +248,7 @@ pub(crate) fn backward<T: Float>(
     query: MatView<'_, T>,
     grad: MatView<'_, T>,
     saved: Saved<'_, T>,
+    query_grad: bool,
 ) -> KrrGrads<T> {
     let fs = support.faer();
     let coef = saved.coef.faer();
@@ -261,7 +263,11 @@ pub(crate) fn backward<T: Float>(
             for (r, &zt) in zt_minus_r.data.iter_mut().zip(transposed(&z).iter()) {
                 *r = zt - *r;
             }
-            let query_features = product(grad.faer(), w_t_fs.faer());
+            let query_features = if query_grad {
+                product(grad.faer(), w_t_fs.faer())
+            } else {
+                RowMajor::zeros(0, fs.ncols())
+            };
             let mut d_fs = product(coef, zt_minus_r.faer());
             matmul_into(&mut d_fs, Accum::Add, v.faer(), w_t_fs.faer(), -one);
             let dloss_dlam = -frobenius_dot(&v, saved.coef);
@@ -271,7 +277,11 @@ pub(crate) fn backward<T: Float>(
             let u = solve_with(saved.factor, z);
             let d_ys = product(fs, u.faer());
             let fs_beta = product(fs, coef);
-            let query_features = product(grad.faer(), coef.transpose());
+            let query_features = if query_grad {
+                product(grad.faer(), coef.transpose())
+            } else {
+                RowMajor::zeros(0, fs.ncols())
+            };
             let mut d_fs = product(labels.faer(), u.faer().transpose());
             matmul_into(&mut d_fs, Accum::Add, d_ys.faer(), coef.transpose(), -one);
             matmul_into(

@@ -76,6 +76,10 @@ pub struct BackwardOptions {
     pub solver: Solver,
     /// Used by [`isa_krr_backward`] only.
     pub epsilon: f64,
+    /// Whether the gradient of the target (query) features is wanted; distillation never
+    /// needs it (targets are data). Without it that gradient comes back with 0 rows and its
+    /// N x d product is skipped.
+    pub query_grad: bool,
 }
 
 /// Gradients of the ISA loss, in the input type.
@@ -298,6 +302,7 @@ pub fn isa_krr_backward<T: Float>(
         target_features,
         grad_pred.view(),
         krr_saved(saved.fit, options.reg_mode, form),
+        options.query_grad,
     );
     let mut target_labels_grad = grad_pred;
     for g in target_labels_grad.data.iter_mut() {
@@ -364,6 +369,7 @@ pub fn krr_predict_backward<T: Float>(
         query_features,
         grad_pred,
         krr_saved(fit, options.reg_mode, form),
+        options.query_grad,
     );
     Ok(KrrPredictGrads {
         support_features: grads.support_features,

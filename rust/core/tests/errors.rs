@@ -240,6 +240,7 @@ fn backward_checks_what_the_forward_saved() {
         reg_mode: RegMode::Trace,
         solver: Solver::Auto,
         epsilon: 1.0,
+        query_grad: true,
     };
     let saved = IsaSaved {
         kept: &out.kept,
@@ -321,6 +322,7 @@ fn predict_backward_checks_grad_shape() {
         reg_mode: RegMode::Trace,
         solver: Solver::Auto,
         epsilon: 0.0,
+        query_grad: true,
     };
     let grad = vec![0.0; 3 * 2];
     let err = krr_predict_backward(fs, ys, fq, view(&grad, 3, 2), fit, &options).unwrap_err();

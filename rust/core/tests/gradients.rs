@@ -74,6 +74,7 @@ fn check_isa(p: &Problem, opts: &IsaOptions, partners: Partners<'_>) {
         reg_mode: opts.krr.reg_mode,
         solver: opts.krr.solver,
         epsilon: opts.epsilon,
+        query_grad: true,
     };
     let grads = isa_krr_backward(fs, ys, ft, yt, &weights, saved, &backward).unwrap();
     let case = format!("{}x{} {opts:?} {partners:?}", p.m, p.d);
@@ -173,6 +174,7 @@ fn predict_backward_matches_finite_differences() {
                 reg_mode,
                 solver: opts.solver,
                 epsilon: 0.0,
+                query_grad: true,
             };
             let g = view(&grad_pred, p.n, p.c);
             let grads = krr_predict_backward(fs, ys, fq, g, fit, &backward).unwrap();

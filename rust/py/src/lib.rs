@@ -221,7 +221,7 @@ struct IsaBackwardArgs<'a, 'py> {
 #[pyo3(signature = (
     support_features, support_labels, target_features, target_labels, grad_losses, kept,
     partner, residual, coef, factor, *, lam, reg_mode = "trace", solver = "auto", epsilon = 1.0,
-    threads = 0,
+    threads = 0, query_grad = true,
 ))]
 #[allow(clippy::too_many_arguments)]
 fn isa_krr_backward<'py>(
@@ -241,6 +241,7 @@ fn isa_krr_backward<'py>(
     solver: &str,
     epsilon: f64,
     threads: usize,
+    query_grad: bool,
 ) -> PyResult<Bound<'py, PyTuple>> {
     let arrays = Arrays {
         support_features,
@@ -262,6 +263,7 @@ fn isa_krr_backward<'py>(
                 reg_mode: RegMode::parse(reg_mode)?,
                 solver: Solver::parse(solver)?,
                 epsilon,
+                query_grad,
             },
         })
     };
@@ -400,7 +402,7 @@ fn predict_typed<'py, T: Scalar>(
 #[pyfunction]
 #[pyo3(signature = (
     support_features, support_labels, query_features, grad_pred, coef, factor, *, lam,
-    reg_mode = "trace", solver = "auto", threads = 0,
+    reg_mode = "trace", solver = "auto", threads = 0, query_grad = true,
 ))]
 #[allow(clippy::too_many_arguments)]
 fn krr_predict_backward<'py>(
@@ -415,6 +417,7 @@ fn krr_predict_backward<'py>(
     reg_mode: &str,
     solver: &str,
     threads: usize,
+    query_grad: bool,
 ) -> PyResult<Bound<'py, PyTuple>> {
     let arrays = Arrays {
         support_features,
@@ -428,6 +431,7 @@ fn krr_predict_backward<'py>(
             reg_mode: RegMode::parse(reg_mode)?,
             solver: Solver::parse(solver)?,
             epsilon: 0.0,
+            query_grad,
         })
     };
     let options = parsed().map_err(|e| to_py_err(py, e))?;
