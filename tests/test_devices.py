@@ -108,3 +108,23 @@ def test_the_run_records_the_device_it_used_not_auto(no_gpu, tmp_path):
     result = distill_module.distill(data, config, run_dir=tmp_path / "run", progress=False)
     assert result.config.device == "cpu"
     assert json.loads((tmp_path / "run" / META).read_text())["config"]["device"] == "cpu"
+
+
+def test_a_gpu_run_resumes_on_a_machine_without_one(no_gpu, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    assert main(["distill", "--ipc", "1", "--steps", "2", "--width", "8", "--depth", "2",
+                 "--batch-size", "32", "--checkpoint-every", "1", "--run-dir", str(run_dir),
+                 "--no-eval", "--quiet"]) == 0  # fmt: skip
+    meta = json.loads((run_dir / META).read_text())
+    meta["config"]["device"] = "cuda"  # as if distilled on a GPU machine
+    (run_dir / META).write_text(json.dumps(meta))
+    capsys.readouterr()
+    assert main(["distill", "--resume", "--run-dir", str(run_dir), "--steps", "3", "--no-eval",
+                 "--quiet"]) == 0  # fmt: skip
+    assert "ran on cuda, which this machine does not have; resuming with --device auto" in (
+        capsys.readouterr().out)
+    assert json.loads((run_dir / META).read_text())["config"]["device"] == "cpu"
+    # Asked for explicitly, the missing GPU is an error.
+    assert main(["distill", "--resume", "--run-dir", str(run_dir), "--device", "cuda",
+                 "--no-eval", "--quiet"]) == 2  # fmt: skip
+    assert "--device cuda requested but CUDA is not available" in capsys.readouterr().err

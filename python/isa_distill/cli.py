@@ -382,6 +382,10 @@ def _resume_request(args: argparse.Namespace):
     if config.steps < run.meta["steps_done"]:
         raise CliError(f"--steps {config.steps} is fewer than the {run.meta['steps_done']} steps "
                        f"{args.run_dir} has done; pass --steps {run.meta['steps_done']} or more")
+    if args.device is None and not _available(config.device):
+        print(f"{args.run_dir} ran on {config.device}, which this machine does not have; "
+              "resuming with --device auto")
+        config = dataclasses.replace(config, device="auto")
     config = dataclasses.replace(config, device=_resolve_device(config.device))
     print(f"resuming {args.run_dir}: {run.meta['steps_done']} of {config.steps} steps done")
     return config, run.meta, args.run_dir
@@ -483,6 +487,12 @@ def _check_device(device: str) -> None:
         raise CliError(f"--device must be auto, cpu, cuda or cuda:N, got {device!r}") from None
     if kind == "cuda" and not torch.cuda.is_available():
         raise CliError(f"--device {device} requested but CUDA is not available; use --device cpu")
+
+
+def _available(device: str) -> bool:
+    import torch
+
+    return device == "auto" or torch.device(device).type != "cuda" or torch.cuda.is_available()
 
 
 def _resolve_device(requested: str) -> str:
