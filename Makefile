@@ -3,12 +3,12 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 
-.PHONY: help build-dev build-prod lint test test-rust test-python run example bench bench-report clean
+.PHONY: help build-dev build-prod build-prod-native lint test test-rust test-python run example bench bench-report clean
 
 help:
 	@echo "make run          install and run the default job (distill digits, IPC 10)"
 	@echo "make test         install test dependencies and run every check (lint, cargo test, pytest)"
-	@echo "make build-prod   build the release abi3 wheel into dist/"
+	@echo "make build-prod   build the release abi3 wheel for manylinux_2_28 (glibc >= 2.28) into dist/"
 	@echo "make bench        run the asv suite against the installed package"
 
 $(BIN)/maturin:
@@ -20,7 +20,13 @@ $(BIN)/maturin:
 build-dev: $(BIN)/maturin
 	$(BIN)/maturin develop -q --profile fast --extras test,bench
 
+# Portable wheel: linked with zig against glibc 2.28 (RHEL 8, Ubuntu 20.04 and later), abi3.
 build-prod: $(BIN)/maturin
+	$(PY) -m pip install -q "ziglang<1"
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/maturin build --release --zig --compatibility manylinux_2_28 --out dist
+
+# Wheel for this machine's glibc only (no zig needed).
+build-prod-native: $(BIN)/maturin
 	$(BIN)/maturin build --release --out dist
 
 lint: build-dev

@@ -143,6 +143,17 @@ def test_bad_evaluation_flags_are_argparse_errors(capsys, tmp_path, flags, messa
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.parametrize("flags, message", [
+    (["--discard", "1.5"], "--discard must lie in [0, 1), got 1.5"),
+    (["--steps", "0"], "--steps must be a positive int, got 0"),
+    (["--batch-size", "-3"], "--batch-size must be a positive int, got -3"),
+    (["--lr", "-1"], "--lr must be a finite positive number, got -1.0"),
+])
+def test_bad_settings_name_the_flag_not_the_config_field(capsys, tmp_path, flags, message):
+    assert main(["distill", *flags, "--run-dir", str(tmp_path / "r")]) == 2
+    assert capsys.readouterr().err.strip() == f"isa-distill: error: {message}"
+    assert not (tmp_path / "r").exists()
+
 def test_select_every_without_best_val_is_refused_before_distilling(capsys, tmp_path):
     run_dir = tmp_path / "r"
     assert main(["distill", "--run-dir", str(run_dir), *TINY, "--select-every", "5"]) == 2
@@ -154,6 +165,22 @@ def test_info_runs(capsys):
     assert main(["info"]) == 0
     out = capsys.readouterr().out
     assert "torch" in out and "digits" in out
+
+
+def test_info_explains_the_validation_hold_out(capsys):
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert "holds 10% of the train images out for validation" in out
+    assert "digits         found: 1437 train images = 1293 + 144 validation, 360 test" in out
+
+
+def test_the_three_evaluation_bars_say_which_set_they_train_on(capsys, tmp_path):
+    run_dir = tmp_path / "run"
+    flags = [flag for flag in TINY if flag not in ("--quiet", "--no-full-data")]
+    assert main(["distill", "--ipc", "1", "--steps", "2", "--run-dir", str(run_dir), *flags]) == 0
+    err = capsys.readouterr().err
+    for label in ("evaluate distilled set", "evaluate random subset", "evaluate full train data"):
+        assert label in err, label
 
 
 # ----------------------------------------------------------------------------- resume and damage
@@ -298,3 +325,39 @@ def test_the_data_root_is_stored_and_reused(capsys, tmp_path, monkeypatch):
     stored = json.loads((run_dir / META).read_text())
     assert stored["data_root"] == str((tmp_path / "moved").resolve())
     assert stored["steps_done"] == 3
+
+
+def test_image_folder_size_and_grayscale_flags(capsys, tmp_path):
+    pictures, run_dir = tmp_path / "pictures", tmp_path / "run"
+    write_image_folder(pictures)
+    assert main(["distill", "--dataset", "image-folder", "--data-root", str(pictures),
+                 "--image-size", "12", "--grayscale", "--ipc", "1", "--steps", "1",
+                 "--run-dir", str(run_dir), *TINY, "--no-eval"]) == 0  # fmt: skip
+    meta = json.loads((run_dir / META).read_text())
+    assert (meta["image_size"], meta["channels"]) == (12, 1)
+    # evaluate reads the folder at the run's size and channels without being told again
+    assert main(["evaluate", str(run_dir), "--eval-models", "1", "--eval-steps", "1", "--quiet",
+                 "--no-full-data"]) == 0  # fmt: skip
+    capsys.readouterr()
+    assert resume(run_dir, "--image-size", "16") == 2
+    assert "--image-size 16 (the run has 12)" in error_line(capsys)
+
+
+def test_image_options_apply_to_image_folders_only(capsys, tmp_path):
+    assert main(["distill", "--image-size", "16", "--run-dir", str(tmp_path / "r")]) == 2
+    assert error_line(capsys) == ("isa-distill: error: --image-size and --grayscale apply to "
+                                  "image-folder only, not 'digits'")
+    assert not (tmp_path / "r").exists()
+
+
+def test_data_errors_name_the_flag_not_the_python_argument(capsys, tmp_path, monkeypatch):
+    assert main(["distill", "--dataset", "image-folder", "--run-dir", str(tmp_path / "r")]) == 2
+    line = error_line(capsys)
+    assert "pass --data-root <folder> holding <class>/<image>" in line and "root=" not in line
+    monkeypatch.setenv("ISA_DISTILL_DATA", str(tmp_path / "nothing-here"))
+    assert main(["distill", "--dataset", "cifar10", "--run-dir", str(tmp_path / "r")]) == 2
+    line = error_line(capsys)
+    assert "or set ISA_DISTILL_DATA to the folder holding it, or pass --data-root" in line
+    assert "root=" not in line
+    assert main(["info"]) == 0
+    assert "root=" not in capsys.readouterr().out

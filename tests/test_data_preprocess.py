@@ -183,3 +183,33 @@ def test_bad_block_requests_name_the_problem():
     state["zca_block"] = 1
     with pytest.raises(ValueError, match="1-pixel block"):
         Preprocessor.from_state_dict(state)
+
+
+# ----------------------------------------------------------------------------- variants for imports
+
+
+def test_given_constants_are_kept_and_an_absolute_ridge_is_stored_as_its_relative_value():
+    images = torch.rand(30, 2, 3, 3, generator=torch.Generator().manual_seed(0))
+    p = Preprocessor.fit(images, zca=True, mean=[0.5, 0.25], std=[0.2, 0.4], zca_reg=0.1,
+                         zca_reg_absolute=True)  # fmt: skip
+    assert p.mean.tolist() == pytest.approx([0.5, 0.25]) and p.std.tolist() == pytest.approx(
+        [0.2, 0.4])  # fmt: skip
+    assert p.zca_ridge == pytest.approx(0.1)
+    with pytest.raises(ValueError, match="mean and std go together"):
+        Preprocessor.fit(images, mean=[0.5, 0.25])
+    with pytest.raises(ValueError, match="need 2 values"):
+        Preprocessor.fit(images, mean=[0.5], std=[0.2])
+
+
+def test_layer_norm_state_round_trip_and_states_without_it_load_as_before():
+    images = torch.rand(30, 1, 4, 4, generator=torch.Generator().manual_seed(1))
+    p = Preprocessor.fit(images, zca=True, zca_center=False, layer_norm=True)
+    assert p.layer_norm and float(p.zca_mean.abs().max()) == 0.0
+    restored = Preprocessor.from_state_dict(p.state_dict())
+    assert torch.equal(restored.transform(images), p.transform(images))
+    assert restored.layer_norm_scale == p.layer_norm_scale
+    plain = Preprocessor.fit(images, zca=True)
+    assert "layer_norm" not in plain.state_dict()  # the protocol's runs store what they did
+    assert not Preprocessor.from_state_dict(plain.state_dict()).layer_norm
+    with pytest.raises(ValueError, match="layer_norm=True goes with zca=True"):
+        Preprocessor.fit(images, zca=False, layer_norm=True)

@@ -40,3 +40,18 @@ def test_the_contract_and_the_recipe_are_in_the_docs():
     assert (ROOT / "docs" / "loss.md").is_file() and (ROOT / "docs" / "protocol.md").is_file()
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     assert "docs/loss.md" in readme and "docs/protocol.md" in readme
+
+
+def test_the_readme_shows_no_pictures_a_package_index_could_not_display():
+    # The README is the package's long description: relative image paths break there.
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert "![" not in readme and "<img" not in readme
+    assert "docs/results.md" in readme
+
+
+def test_the_package_ships_a_license_and_a_changelog():
+    assert "MIT License" in (ROOT / "LICENSE").read_text(encoding="utf-8")
+    changelog = (ROOT / "CHANGELOG.md").read_text(encoding="utf-8")
+    assert "## Unreleased" in changelog and "## 0.1.0" in changelog
+    for cargo in (ROOT / "Cargo.toml", *sorted((ROOT / "rust").glob("*/Cargo.toml"))):
+        assert "example.invalid" not in cargo.read_text(encoding="utf-8"), cargo

@@ -244,3 +244,53 @@ def test_best_val_without_a_validation_split_is_a_clear_error(digits):
 def test_selection_interval_is_a_tenth_of_the_budget_by_default():
     assert selection_interval(1000) == 100 and selection_interval(5) == 1
     assert selection_interval(1000, 7) == 7
+
+
+# ----------------------------------------------------------------------------- your own network
+
+
+class SmallMLP(torch.nn.Module):
+    """A user's network: forward gives class scores, features the penultimate layer."""
+
+    def __init__(self, pixels: int = 64, classes: int = 10) -> None:
+        super().__init__()
+        self.body = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(pixels, 32),
+                                        torch.nn.ReLU())  # fmt: skip
+        self.head = torch.nn.Linear(32, classes)
+
+    def features(self, x):
+        return self.body(x)
+
+    def forward(self, x):
+        return self.head(self.features(x))
+
+
+def test_a_users_network_is_trained_and_scored(digits):
+    train, val = digits
+    options = dict(TINY, augment=False)
+    result = evaluate_set(train.images[:100], train.labels[:100], test=val, num_classes=10,
+                          model_fn=SmallMLP, krr=True, **options)  # fmt: skip
+    assert result.mean > 0.3 and len(result.accuracies) == 2
+    assert result.krr_accuracies is not None and min(result.krr_accuracies) > 0.3
+    again = evaluate_set(train.images[:100], train.labels[:100], test=val, num_classes=10,
+                         model_fn=SmallMLP, krr=True, **options)  # fmt: skip
+    assert again == result  # model_fn runs under the seed, like the built-in networks
+    built_in = evaluate_set(train.images[:100], train.labels[:100], test=val, num_classes=10,
+                            **options)  # fmt: skip
+    assert built_in.accuracies != result.accuracies
+
+
+def test_a_users_network_with_the_wrong_outputs_is_named(digits):
+    train, val = digits
+    with pytest.raises(ValueError, match=r"must return \(batch, 10\) class scores.*\(50, 7\)"):
+        evaluate_set(train.images[:50], train.labels[:50], test=val, num_classes=10,
+                     model_fn=lambda: SmallMLP(classes=7), **TINY)  # fmt: skip
+    with pytest.raises(TypeError, match="model_fn must return an nn.Module, it returned str"):
+        evaluate_set(train.images[:50], train.labels[:50], test=val, num_classes=10,
+                     model_fn=lambda: "net", **TINY)  # fmt: skip
+    plain = lambda: torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))  # noqa: E731
+    with pytest.raises(ValueError, match="needs a features"):
+        evaluate_set(train.images[:50], train.labels[:50], test=val, num_classes=10,
+                     model_fn=plain, krr=True, **TINY)  # fmt: skip
+    assert evaluate_set(train.images[:50], train.labels[:50], test=val, num_classes=10,
+                        model_fn=plain, **dict(TINY, steps=2)).mean >= 0  # forward is enough

@@ -13,7 +13,7 @@ def test_paper_preset_matches_the_protocol():
     assert (config.width, config.depth, config.batch_size, config.steps) == (128, 3, 1024, 500_000)
     assert (config.optimizer, config.peak_lr, config.lr_final_fraction) == ("lamb", 3e-4, 0.1)
     assert (config.pool_size, config.max_online_updates, config.online_lr) == (10, 100, 3e-4)
-    assert config.norm == "batch" and config.device == "cuda"
+    assert config.norm == "batch" and config.device == "auto"  # CUDA when available
 
 
 def test_paper_preset_computes_the_loss_of_the_public_code():
@@ -26,7 +26,7 @@ def test_paper_preset_computes_the_loss_of_the_public_code():
 @pytest.mark.parametrize("dataset", KNOWN_DATASETS)
 def test_cpu_presets_are_small(dataset):
     config = preset_config(dataset, "cpu", ipc=1)
-    assert config.device == "cpu" and not config.autocast
+    assert config.device == "auto" and not config.autocast  # CUDA when available
     assert config.steps <= 5_000 and config.width <= 32 and config.batch_size <= 512
 
 

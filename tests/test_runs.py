@@ -98,6 +98,20 @@ def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["file.bin"]
 
 
+@pytest.mark.skipif(os.name != "posix", reason="POSIX file modes")
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_run_files_get_the_mode_the_umask_gives_new_files(tmp_path, umask, mode):
+    old = os.umask(umask)
+    try:
+        run, *_ = written_run(tmp_path, zca=False)
+        run.save_checkpoint({"step": 1})
+        run.append_log({"step": 1, "loss": 0.5, "lr": 1e-3, "elapsed": 1.0})
+    finally:
+        os.umask(old)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in run.path.iterdir()}
+    assert modes == {name: mode for name in (CHECKPOINT, DISTILLED, META, LOG)}
+
+
 def test_checkpoint_interrupted_mid_save_leaves_the_previous_one(tmp_path, monkeypatch):
     run = Run.create(tmp_path / "run")
     run.save_checkpoint({"step": 1, "x": torch.ones(3)})

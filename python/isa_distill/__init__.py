@@ -1,14 +1,17 @@
 """isa-distill: dataset distillation with FRePo's kernel meta-loss plus Infinite Semantic
 Augmentation, on a Rust CPU kernel and a PyTorch op.
 
-Only the core API is imported here; the distillation modules (``isa_distill.data``,
-``isa_distill.models``, ...) are imported on demand.
+The op (``isa_krr_loss``, ``krr_predict``, ``ISAKRRLoss``), reading a run's distilled set
+(``load_distilled``) and distilling tensors in memory (``distill_tensors``) are imported here;
+the rest lives in its modules (``isa_distill.distill``, ``isa_distill.evaluate``, ...).
 """
 
 from .checks import Status, raise_for_status
 from .errors import NotPositiveDefiniteError
 from .functional import ISAInfo, isa_krr_loss, krr_predict
+from .in_memory import distill_tensors
 from .modules import ISAKRRLoss
+from .runs import Distilled, load_distilled
 
 
 def _version() -> str:
@@ -27,20 +30,14 @@ def _version() -> str:
 __version__ = _version()
 
 
-def __getattr__(name: str):
-    """``isa_distill.load_distilled`` without importing the pipeline at package import."""
-    if name == "load_distilled":
-        from .runs import load_distilled
-
-        return load_distilled
-    raise AttributeError(f"module 'isa_distill' has no attribute {name!r}")
-
 __all__ = [
+    "Distilled",
     "ISAInfo",
     "ISAKRRLoss",
     "NotPositiveDefiniteError",
     "Status",
     "__version__",
+    "distill_tensors",
     "isa_krr_loss",
     "krr_predict",
     "load_distilled",

@@ -5,6 +5,10 @@
     isa-distill evaluate RUN_DIR     the protocol's 5-network evaluation of a run (options:
                                      --eval-batches shuffled|class-sorted, --select last|best-val)
     isa-distill show RUN_DIR         re-render images.png / curves.png and print a summary
+    isa-distill export RUN_DIR --format png|image-folder|npz --out DIR
+                                     the distilled set for other tools
+    isa-distill import --from dc|mtt|kip|frepo FILE RUN_DIR --dataset NAME
+                                     a set published by another project, as a run directory
     isa-distill info                 versions, backends, devices, datasets found
 
 ``distill`` and ``evaluate`` also run under ``torchrun --nproc_per_node N -m isa_distill ...``:
@@ -56,8 +60,14 @@ def _parser() -> argparse.ArgumentParser:
                      help=f"settings to start from (default: {DEFAULT_PRESET})")
     run.add_argument("--dataset", help=f"one of {', '.join(KNOWN_DATASETS)} "
                      f"(default: {DEFAULT_DATASET})")
-    run.add_argument("--data-root", help="where the dataset files are (default: $ISA_DISTILL_DATA "
-                     "or ~/data; with --resume, the root stored in the run)")
+    run.add_argument("--data-root", help="where the dataset files are: the folder of an "
+                     "image-folder dataset, or a folder holding the dataset's usual folder or "
+                     "archive (default: $ISA_DISTILL_DATA, else ~/data; with --resume, the root "
+                     "stored in the run)")
+    run.add_argument("--image-size", type=_positive_int, metavar="N",
+                     help="image-folder only: resize the images to N x N pixels (default: 32)")
+    run.add_argument("--grayscale", action="store_true",
+                     help="image-folder only: read the images as one grey channel (default: RGB)")
     run.add_argument("--ipc", type=int, help=f"images per class (default: {DEFAULT_IPC})")
     run.add_argument("--epsilon", type=float, help="ISA segment length (0 = FRePo baseline)")
     run.add_argument("--discard", type=float, help="fraction of easiest targets dropped")
@@ -75,7 +85,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--backend", choices=("auto", "rust", "torch"),
                      help="loss backend (default: auto = rust on CPU, torch elsewhere)")
     run.add_argument("--seed", type=int, help="seed of every random draw (default: 0)")
-    run.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: the preset's)")
+    run.add_argument("--device", help="auto (default: CUDA when available, else the CPU; the "
+                     "run records the device used), cpu, cuda, cuda:1, ...")
     run.add_argument("--autocast", action=argparse.BooleanOptionalAction, default=None,
                      help="bfloat16 feature extraction on CUDA")
     run.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
@@ -102,6 +113,9 @@ def _parser() -> argparse.ArgumentParser:
                      f"stored settings; only {RESUMABLE_FLAGS_TEXT} may change (a larger --steps "
                      "extends the run at its final learning rate)")
     _add_eval_options(run)
+    run.add_argument("--tensorboard", action="store_true",
+                     help="also write the loss terms, lr and validation accuracy as TensorBoard "
+                     "scalars to <run>/tensorboard/ (needs `pip install tensorboard`)")
     run.add_argument("--no-eval", action="store_true", help="skip the final evaluation table")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_timeout_option(run)
@@ -110,13 +124,49 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("run_dir", type=Path)
     evaluate.add_argument("--data-root", help="where the dataset files are (default: the root "
                           "stored in the run, else $ISA_DISTILL_DATA or ~/data)")
-    evaluate.add_argument("--device", default="cpu")
+    evaluate.add_argument("--device", default="auto",
+                          help="auto (default: CUDA when available, else the CPU), cpu, cuda, "
+                          "cuda:1, ...")
     _add_eval_options(evaluate)
     evaluate.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_timeout_option(evaluate)
 
     show = commands.add_parser("show", help="re-render a run's pictures and print its summary")
     show.add_argument("run_dir", type=Path)
+
+    export = commands.add_parser("export", help="write a run's distilled set as PNG files, an "
+                                 "image folder or .npz (docs/using-a-distilled-set.md)")
+    export.add_argument("run_dir", type=Path)
+    export.add_argument("--format", required=True, choices=("png", "image-folder", "npz"),
+                        help="png: one picture per image and labels.csv; image-folder: one "
+                        "sub-folder per class; npz: network-input images, labels and the "
+                        "preprocessor")
+    export.add_argument("--out", type=Path, required=True,
+                        help="folder to write (must not exist or be empty)")
+
+    imported = commands.add_parser(
+        "import", help="convert a distilled set published by DC/DSA/DM, MTT, KIP or FRePo into a "
+        "run directory, to evaluate it like a distilled run")
+    imported.add_argument("file", type=Path, help="the published file (DC: res_*.pt; MTT: "
+                          "images_best.pt; KIP, FRePo: .npz)")
+    imported.add_argument("run_dir", type=Path, help="the run directory to create")
+    imported.add_argument("--from", dest="source", required=True,
+                          choices=("dc", "mtt", "kip", "frepo"), help="the project that wrote it")
+    imported.add_argument("--dataset", required=True,
+                          choices=("mnist", "fashion-mnist", "cifar10", "cifar100"),
+                          help="the dataset it was distilled from")
+    imported.add_argument("--data-root", help="where the dataset files are (default: "
+                          "$ISA_DISTILL_DATA, else ~/data); stored in the run")
+    imported.add_argument("--labels", type=Path, help="mtt: the labels file (default: FILE with "
+                          "'images' replaced by 'labels')")
+    imported.add_argument("--experiment", type=int, default=0,
+                          help="dc: which of the file's experiments (default: %(default)s)")
+    imported.add_argument("--zca", action=argparse.BooleanOptionalAction, default=None,
+                          help="whether the set is ZCA-whitened (mtt: required; kip, frepo: "
+                          "default on except for MNIST and Fashion-MNIST)")
+    imported.add_argument("--zca-reg", type=float, help="ZCA ridge the set was made with (mtt: "
+                          "kornia's eps, default 0.1; kip, frepo: relative to trace / D, "
+                          "default 0.1)")
 
     commands.add_parser("info", help="versions, backends, devices and datasets found")
     from .experiments.cli import add_subcommands
@@ -154,9 +204,9 @@ def _add_timeout_option(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_eval_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--eval-models", type=int, default=5,
+    parser.add_argument("--eval-models", type=_positive_int, default=5,
                         help="networks trained per set (default: %(default)s)")
-    parser.add_argument("--eval-steps", type=int,
+    parser.add_argument("--eval-steps", type=_positive_int,
                         help="training steps per network (default: the run's, else the protocol's)")
     parser.add_argument("--eval-batches", choices=("shuffled", "class-sorted"), default="shuffled",
                         help="batches of the evaluation networks: fresh random subsets, or the "
@@ -175,23 +225,25 @@ def _add_eval_options(parser: argparse.ArgumentParser) -> None:
 # ----------------------------------------------------------------------------- commands
 
 
-def _load_data(name: str, root: str | None, seed: int):
-    from .data import load_dataset
+def _load_data(name: str, root: str | None, seed: int, args: argparse.Namespace):
+    from .data import CLI_NAMES, load_dataset
 
-    return load_dataset(name, root, seed=seed)
+    return load_dataset(name, root, seed=seed, image_size=args.image_size,
+                        grayscale=args.grayscale, argument_names=CLI_NAMES)
 
 
 def _load_run_data(meta: dict, data_root: str | None):
     """The dataset of a run: from ``data_root`` when given, else from the root the run stored
     (if any), else from the default locations; image folders at the run's image size."""
-    from .data import DatasetNotFoundError, load_dataset
+    from .data import CLI_NAMES, DatasetNotFoundError, load_dataset
 
     root = data_root if data_root is not None else meta.get("data_root")
     options = {}
     if meta["dataset"] == "image-folder":
         options = dict(image_size=meta["image_size"], grayscale=meta["channels"] == 1)
     try:
-        return load_dataset(meta["dataset"], root, seed=meta["config"]["seed"], **options)
+        return load_dataset(meta["dataset"], root, seed=meta["config"]["seed"],
+                            argument_names=CLI_NAMES, **options)
     except DatasetNotFoundError as error:
         if data_root is not None or root is None:
             raise
@@ -222,14 +274,21 @@ def cmd_distill(args: argparse.Namespace, parallel) -> int:
     say = _say(parallel)
     # Rank 0 checks the request and picks the run directory; every rank gets its answer.
     config, meta, run_dir = parallel.from_writer(lambda: _distill_request(args))
+    if args.tensorboard:
+        parallel.from_writer(_require_tensorboard)  # every rank stops when it is missing
     if args.resume:
         data = _load_run_data(meta, args.data_root)
     else:
-        data = _load_data(_dataset_name(args), args.data_root, config.seed)
+        data = _load_data(_dataset_name(args), args.data_root, config.seed, args)
         parallel.from_writer(lambda: check_ipc(data.train, config.ipc, data.num_classes))
         say(_describe_config(data, config, run_dir, parallel.world_size))
-    result = distill(data, config, run_dir=run_dir, resume=args.resume, progress=not args.quiet,
-                     parallel=parallel)
+    on_log = _tensorboard(args, run_dir) if parallel.writes else None
+    try:
+        result = distill(data, config, run_dir=run_dir, resume=args.resume,
+                         progress=not args.quiet, parallel=parallel, on_log=on_log)
+    finally:
+        if on_log is not None:
+            on_log.close()
     pictures = parallel.from_writer(lambda: render_run(run_dir))
     say(f"\ndistilled {result.steps_done} steps in {result.elapsed:.1f} s; run written to "
         f"{run_dir}/ ({', '.join(p.name for p in pictures)})")
@@ -249,6 +308,8 @@ def _say(parallel):
 
 def _distill_request(args: argparse.Namespace):
     """(config, meta of the run to resume or None, run directory), every check passed."""
+    import dataclasses
+
     from .presets import DEFAULT_PRESET, preset_config
 
     _check_eval_options(args)
@@ -256,8 +317,32 @@ def _distill_request(args: argparse.Namespace):
         return _resume_request(args)
     config = preset_config(_dataset_name(args), args.preset or DEFAULT_PRESET,
                            **_config_flags(args))
-    _check_device(config.device)
+    config = dataclasses.replace(config, device=_resolve_device(config.device))
     return config, None, args.run_dir or _default_run_dir(_dataset_name(args), config.ipc)
+
+
+def _require_tensorboard() -> None:
+    from .tensorboard_log import TensorBoardMissingError, summary_writer_class
+
+    try:
+        summary_writer_class()
+    except TensorBoardMissingError as error:
+        raise CliError(str(error)) from error
+
+
+def _tensorboard(args: argparse.Namespace, run_dir: Path):
+    """The TensorBoard writer of ``--tensorboard`` (None without it); a resumed run drops the
+    events logged after its checkpoint."""
+    if not args.tensorboard:
+        return None
+    from .runs import Run
+    from .tensorboard_log import TensorBoardLog, TensorBoardMissingError
+
+    purge_step = Run.open(run_dir).meta["steps_done"] + 1 if args.resume else None
+    try:
+        return TensorBoardLog(run_dir, purge_step=purge_step)
+    except TensorBoardMissingError as error:
+        raise CliError(str(error)) from error
 
 
 def _config_flags(args: argparse.Namespace) -> dict:
@@ -278,6 +363,10 @@ def _resume_request(args: argparse.Namespace):
     if args.run_dir is None:
         raise CliError("--resume needs --run-dir (the run to continue)")
     run = Run.open(args.run_dir)
+    if "source" in run.meta:
+        raise CliError(f"{args.run_dir} holds a set imported from "
+                       f"{run.meta['source'].get('method', 'another project')}: there is no "
+                       "distillation to resume (evaluate it with isa-distill evaluate)")
     run.check_resumable()
     stored = DistillConfig.from_dict(run.meta["config"])
     conflicts = _resume_conflicts(args, run.meta, stored)
@@ -293,7 +382,11 @@ def _resume_request(args: argparse.Namespace):
     if config.steps < run.meta["steps_done"]:
         raise CliError(f"--steps {config.steps} is fewer than the {run.meta['steps_done']} steps "
                        f"{args.run_dir} has done; pass --steps {run.meta['steps_done']} or more")
-    _check_device(config.device)
+    if args.device is None and not _available(config.device):
+        print(f"{args.run_dir} ran on {config.device}, which this machine does not have; "
+              "resuming with --device auto")
+        config = dataclasses.replace(config, device="auto")
+    config = dataclasses.replace(config, device=_resolve_device(config.device))
     print(f"resuming {args.run_dir}: {run.meta['steps_done']} of {config.steps} steps done")
     return config, run.meta, args.run_dir
 
@@ -305,6 +398,10 @@ def _resume_conflicts(args: argparse.Namespace, meta: dict, stored) -> list[str]
     conflicts = []
     if args.dataset is not None and args.dataset != meta["dataset"]:
         conflicts.append(f"--dataset {args.dataset} (the run has {meta['dataset']})")
+    if args.image_size is not None and args.image_size != meta["image_size"]:
+        conflicts.append(f"--image-size {args.image_size} (the run has {meta['image_size']})")
+    if args.grayscale and meta["channels"] != 1:
+        conflicts.append(f"--grayscale (the run has {meta['channels']} channels)")
     for name in CONFIG_FLAGS:
         value = getattr(args, name)
         if value is None or name in RESUMABLE_FIELDS:
@@ -361,6 +458,17 @@ def _preset_conflicts(args: argparse.Namespace, meta: dict, stored) -> list[str]
     return [f"--preset {args.preset} (sets {', '.join(differing)})"] if differing else []
 
 
+def _in_flag_words(error: Exception) -> str:
+    """The error's message, naming the command-line flag where it names a config field."""
+    from .distill import ConfigError
+
+    message = str(error)
+    if isinstance(error, ConfigError) and error.field in CONFIG_FLAGS:
+        if message.startswith(error.field):
+            return "--" + error.field.replace("_", "-") + message[len(error.field):]
+    return message
+
+
 def _flag(name: str, value) -> str:
     option = "--" + name.replace("_", "-")
     if isinstance(value, bool):
@@ -371,21 +479,45 @@ def _flag(name: str, value) -> str:
 def _check_device(device: str) -> None:
     import torch
 
-    if torch.device(device).type == "cuda" and not torch.cuda.is_available():
-        raise CliError(f"device {device!r} requested but CUDA is not available; use --device cpu")
+    if device == "auto":
+        return
+    try:
+        kind = torch.device(device).type
+    except RuntimeError:
+        raise CliError(f"--device must be auto, cpu, cuda or cuda:N, got {device!r}") from None
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise CliError(f"--device {device} requested but CUDA is not available; use --device cpu")
+
+
+def _available(device: str) -> bool:
+    import torch
+
+    return device == "auto" or torch.device(device).type != "cuda" or torch.cuda.is_available()
+
+
+def _resolve_device(requested: str) -> str:
+    """The device ``--device`` (default auto) asks for, checked; prints a note when auto chose
+    a GPU."""
+    from .devices import describe_choice, resolve_device
+
+    _check_device(requested)
+    device = resolve_device(requested)
+    note = describe_choice(requested, device)
+    if note is not None:
+        print(note)
+    return device
 
 
 def cmd_evaluate(args: argparse.Namespace, parallel) -> int:
     from .runs import load_distilled
 
-    def request() -> dict:
+    def request() -> tuple[dict, str]:
         _check_eval_options(args)
-        _check_device(args.device)
-        return load_distilled(args.run_dir).meta
+        return load_distilled(args.run_dir).meta, _resolve_device(args.device)
 
-    meta = parallel.from_writer(request)
+    meta, device = parallel.from_writer(request)
     data = _load_run_data(meta, args.data_root)
-    _print_evaluation(args.run_dir, data, args, device=args.device, parallel=parallel)
+    _print_evaluation(args.run_dir, data, args, device=device, parallel=parallel)
     return 0
 
 
@@ -416,7 +548,7 @@ def _print_evaluation(run_dir: Path, data, args: argparse.Namespace, *, device: 
         select=args.select, val=val, select_every=args.select_every,
     )
     ipc = int(distilled.meta["ipc"])
-    label = _method_name(config)
+    label = _set_name(distilled.meta)
     evaluate = parallel.evaluate
     rows = [(f"distilled ({label})", len(distilled.images),
              evaluate(evaluate_set, distilled.images, distilled.labels, **options))]
@@ -436,6 +568,13 @@ def _print_evaluation(run_dir: Path, data, args: argparse.Namespace, *, device: 
     print(f"  {'training set':<{width}}  {'images':>7}   accuracy (%)")
     for name, size, result in rows:
         print(f"  {name:<{width}}  {size:>7}   {100 * result.mean:5.1f} ± {100 * result.std:.1f}")
+
+
+def _set_name(meta: dict) -> str:
+    """What made the set: the method and settings, or the project it was imported from."""
+    if "source" in meta:
+        return f"{meta['source'].get('method', '?')}, imported"
+    return _method_name(meta["config"])
 
 
 def _method_name(config: dict) -> str:
@@ -459,6 +598,14 @@ def cmd_show(args: argparse.Namespace) -> int:
     print(f"run        {args.run_dir}")
     print(f"dataset    {meta['dataset']} ({meta['num_classes']} classes), IPC {meta['ipc']}, "
           f"{len(distilled.images)} images of {tuple(distilled.images.shape[1:])}")
+    if "source" in meta:
+        source = meta["source"]
+        print(f"method     {source.get('method', '?')} (imported from {source.get('file', '?')})")
+        print(f"preprocess {source.get('preprocessing', '?')}")
+        print(f"evaluation {config['arch']} width {config['width']} depth {config['depth']}, "
+              f"no normalisation")
+        print(f"pictures   {', '.join(str(p) for p in pictures)}")
+        return 0
     print(f"method     {_method_name(config)}, partner={config['partner']}, "
           f"optimizer={config['optimizer']}, flip={meta['flip']}, "
           f"zca={_zca_description(meta['preprocessing'])}")
@@ -488,12 +635,41 @@ def _zca_description(preprocessing: dict) -> str:
     return str(preprocessing.get("zca")) + ("" if block is None else f" ({block}-pixel blocks)")
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import LABELS_CSV, export_run
+
+    try:
+        files = export_run(args.run_dir, args.format, args.out)
+    except FileExistsError as error:
+        raise CliError(f"--out {error}") from error
+    pictures = [f for f in files if f.suffix == ".png"]
+    what = f"{len(pictures)} PNG files and {LABELS_CSV}" if pictures else files[0].name
+    print(f"wrote {what} to {args.out}/")
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from .data import CLI_NAMES
+    from .importers import SOURCE_NAMES, import_set
+
+    run = import_set(args.source, args.file, args.run_dir, dataset=args.dataset,
+                     data_root=args.data_root, labels_file=args.labels,
+                     experiment=args.experiment, zca=args.zca, zca_reg=args.zca_reg,
+                     argument_names=CLI_NAMES)  # fmt: skip
+    meta = run.meta
+    print(f"imported {meta['ipc'] * meta['num_classes']} {meta['dataset']} images (IPC "
+          f"{meta['ipc']}) distilled by {SOURCE_NAMES[args.source]} into {args.run_dir}/\n"
+          f"  preprocessing: {meta['source']['preprocessing']}\n"
+          f"  evaluate: isa-distill evaluate {args.run_dir}   (or cross-arch, show, export)")
+    return 0
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     import platform
 
     import torch
 
-    from .data import KNOWN_DATASETS, DatasetError, load_dataset
+    from .data import CLI_NAMES, KNOWN_DATASETS, DatasetError, load_dataset
     from .runs import library_version
 
     print(f"isa-distill {library_version()}  (python {platform.python_version()})")
@@ -510,14 +686,17 @@ def cmd_info(args: argparse.Namespace) -> int:
     except ImportError as error:
         rust = f"not built ({error}); run `maturin develop`"
     print("backends    torch (any device); rust (CPU): " + rust)
-    print("datasets")
+    print("datasets (distill holds 10% of the train images out for validation, stratified by "
+          "class, and trains on the rest; the test split is never used to train or select)")
     for name in KNOWN_DATASETS:
         if name == "image-folder":
-            print(f"  {name:<14} pass --data-root")
+            print(f"  {name:<14} pass --data-root (and --image-size, --grayscale)")
             continue
         try:
-            data = load_dataset(name, val_size=0)
-            status = f"found: {len(data.train)} train / {len(data.test)} test, {data.num_classes} classes"
+            data = load_dataset(name, argument_names=CLI_NAMES)  # with the validation hold-out
+            status = (f"found: {len(data.train) + len(data.val)} train images = {len(data.train)} "
+                      f"+ {len(data.val)} validation, {len(data.test)} test, "
+                      f"{data.num_classes} classes")
         except DatasetError as error:
             status = "not found (" + str(error).splitlines()[-1] + ")"
         print(f"  {name:<14} {status}")
@@ -542,7 +721,7 @@ def _describe_config(data, config, run_dir: Path, world_size: int = 1) -> str:
 
 # Commands that run under torchrun (their ranks share the work); the others run in one process.
 DISTRIBUTED_COMMANDS = {"distill": cmd_distill, "evaluate": cmd_evaluate}
-COMMANDS = {"show": cmd_show, "info": cmd_info}
+COMMANDS = {"show": cmd_show, "export": cmd_export, "import": cmd_import, "info": cmd_info}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -587,7 +766,7 @@ def _reporting_errors(command, timeout: float | None) -> int:
             return command(parallel)
         except (CliError, ValueError, DatasetError, RunExistsError, RunNotFoundError) as error:
             if not reported_elsewhere(error):
-                message = " ".join(str(error).split())  # one line, even for multi-line messages
+                message = " ".join(_in_flag_words(error).split())  # one line, even for many
                 print(f"{PROG}: error{where}: {message}", file=sys.stderr)
             return USAGE_ERROR
         except DistributedError as error:

@@ -28,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,7 @@ from tqdm.auto import tqdm
 from . import checks, runs
 from .data import DatasetSplits, Split, allows_flip, class_balanced_subset, uses_zca_by_default
 from .data.preprocess import Preprocessor
+from .devices import AUTO, resolve_device
 from .evaluate import centred_one_hot
 from .models import build_model
 from .optim import Lamb
@@ -50,6 +52,14 @@ CLASS_REDUCTIONS = ("half_sum", "mean")
 NORMS = ("none", "batch", "instance")
 BACKENDS = ("auto", "rust", "torch")
 DEFAULT_LR = {"lamb": 3e-4, "adam": 1e-3}
+
+
+class ConfigError(ValueError):
+    """A ``DistillConfig`` field out of range; ``field`` names it (the CLI names its flag)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 @dataclass
@@ -88,7 +98,7 @@ class DistillConfig:
     online_batch: int = 1000
     # Bookkeeping.
     seed: int = 0
-    device: str = "cpu"
+    device: str = "auto"  # "auto": CUDA when available, else CPU; the run records which
     autocast: bool = False  # bfloat16 feature extraction on CUDA
     channels_last: bool = False  # NHWC pool models and target images (cuDNN's native layout)
     compile: bool = False  # torch.compile the step's forward computations (isa_distill.step)
@@ -103,57 +113,62 @@ class DistillConfig:
     shard_semantics: str = "global"
 
     def validate(self) -> None:
-        """Raise ValueError naming the first field that is out of range."""
+        """Raise ``ConfigError`` (a ValueError) naming the first field that is out of range."""
         positive = ("ipc", "steps", "batch_size", "width", "depth", "pool_size",
                     "max_online_updates", "online_batch", "log_every", "checkpoint_every",
                     "val_steps")
         for name in positive:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+                raise ConfigError(name, f"{name} must be a positive int, got {value!r}")
         if isinstance(self.val_every, bool) or not isinstance(self.val_every, int):
-            raise ValueError(f"val_every must be an int >= 0, got {self.val_every!r}")
+            raise ConfigError("val_every", f"val_every must be an int >= 0, got {self.val_every!r}")
         if self.val_every < 0:
-            raise ValueError(f"val_every must be an int >= 0, got {self.val_every!r}")
+            raise ConfigError("val_every", f"val_every must be an int >= 0, got {self.val_every}")
         if self.lr_schedule_steps is not None and (
             isinstance(self.lr_schedule_steps, bool) or not isinstance(self.lr_schedule_steps, int)
             or self.lr_schedule_steps < 1
         ):
-            raise ValueError(
-                f"lr_schedule_steps must be a positive int or None, got {self.lr_schedule_steps!r}"
-            )
+            raise ConfigError("lr_schedule_steps", "lr_schedule_steps must be a positive int or "
+                              f"None, got {self.lr_schedule_steps!r}")
         if self.eval_steps is not None and (
             isinstance(self.eval_steps, bool) or not isinstance(self.eval_steps, int)
             or self.eval_steps < 1
         ):
-            raise ValueError(f"eval_steps must be a positive int or None, got {self.eval_steps!r}")
+            raise ConfigError("eval_steps", "eval_steps must be a positive int or None, got "
+                              f"{self.eval_steps!r}")
         if not 0.0 <= self.discard < 1.0:
-            raise ValueError(f"discard must lie in [0, 1), got {self.discard}")
+            raise ConfigError("discard", f"discard must lie in [0, 1), got {self.discard}")
         if not math.isfinite(self.epsilon):
-            raise ValueError(f"epsilon must be finite, got {self.epsilon}")
+            raise ConfigError("epsilon", f"epsilon must be finite, got {self.epsilon}")
         if not (math.isfinite(self.reg) and self.reg > 0):
-            raise ValueError(f"reg must be a finite positive number, got {self.reg}")
+            raise ConfigError("reg", f"reg must be a finite positive number, got {self.reg}")
         choices = {"partner": PARTNERS, "optimizer": OPTIMIZERS, "norm": NORMS,
                    "backend": BACKENDS, "class_reduction": CLASS_REDUCTIONS,
                    "compile_mode": COMPILE_MODES, "shard_semantics": SHARD_SEMANTICS}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
-                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+                raise ConfigError(name, f"{name} must be one of {allowed}, got "
+                                  f"{getattr(self, name)!r}")
         for name in ("lr", "online_lr"):
             value = getattr(self, name)
             if value is not None and not (math.isfinite(value) and value > 0):
-                raise ValueError(f"{name} must be a finite positive number, got {value}")
+                raise ConfigError(name, f"{name} must be a finite positive number, got {value}")
         if self.compile and self.partner != "nearest":
-            raise ValueError(
-                f"compile needs partner='nearest' (got {self.partner!r}): random partners draw "
-                "from a torch.Generator, which torch.compile cannot trace"
+            raise ConfigError(
+                "compile", f"compile needs partner='nearest' (got {self.partner!r}): random "
+                "partners draw from a torch.Generator, which torch.compile cannot trace"
             )
         if not 0.0 < self.lr_final_fraction <= 1.0:
-            raise ValueError(f"lr_final_fraction must lie in (0, 1], got {self.lr_final_fraction}")
-        try:
-            torch.device(self.device)
-        except RuntimeError as error:
-            raise ValueError(f"device must be a torch device string, got {self.device!r}") from error
+            raise ConfigError("lr_final_fraction", "lr_final_fraction must lie in (0, 1], got "
+                              f"{self.lr_final_fraction}")
+        if self.device != AUTO:
+            try:
+                torch.device(self.device)
+            except RuntimeError as error:
+                raise ConfigError(
+                    "device", f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}"
+                ) from error
 
     @property
     def peak_lr(self) -> float:
@@ -291,7 +306,7 @@ def new_pool_model(config: DistillConfig, data: DatasetSplits, seed: int) -> tor
     It is built directly on the device (the global RNG state is restored afterwards), so a
     re-initialisation costs no host-to-device copy.
     """
-    device = torch.device(config.device)
+    device = torch.device(resolve_device(config.device))
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), device:
         torch.manual_seed(seed)
         model = build_model(
@@ -528,6 +543,7 @@ def checked_request(data: DatasetSplits, config: DistillConfig | None, run_dir, 
     else:
         config = DistillConfig() if config is None else config
     config.validate()
+    config = dataclasses.replace(config, device=resolve_device(config.device))  # recorded as run
     if data.num_classes < 2:
         raise ValueError(f"need at least 2 classes to distil, {data.name} has {data.num_classes}")
     check_ipc(data.train, config.ipc, data.num_classes)
@@ -546,13 +562,16 @@ def distill(
     loss_fn: LossHook | None = None,
     target_transform: TargetHook | None = None,
     parallel: SingleProcess | None = None,
+    on_log: Callable[[dict[str, Any]], None] | None = None,
 ) -> DistillResult:
     """Distil ``data`` with ``config``; with ``run_dir``, checkpoint and write the run there.
 
     ``loss_fn(F_S, Y_S, F_T, Y_T, *, settings, generator) -> loss`` replaces the ISA loss and
     ``target_transform(images, labels, generator) -> (images, labels)`` rewrites each target
     batch; both exist for the ablations (see ``isa_distill.step.loss_terms``) and are not
-    stored with the run.
+    stored with the run. ``on_log(row)`` is called with every row written to log.csv (the
+    keys of ``runs.LOG_COLUMNS``; ``val_acc`` None when not measured), on the writing process
+    only, e.g. to write the values to TensorBoard (``isa_distill.tensorboard_log``).
 
     ``resume=True`` continues the run in ``run_dir`` from its last checkpoint with the config
     stored there (``config`` may then be None; if given, it may differ only in
@@ -672,6 +691,8 @@ def distill(
             history.append(row)
             if run is not None:
                 run.append_log(row)
+            if on_log is not None and parallel.writes:
+                on_log(row)
             postfix = {"kernel": f"{kernel:.4g}", "margin": f"{margin:.3g}"}
             if val_acc is not None:
                 postfix["val"] = f"{val_acc:.3f}"

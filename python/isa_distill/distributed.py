@@ -41,6 +41,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from .devices import resolve_device
 from .parallel import SHARD_SEMANTICS, SINGLE_PROCESS, SingleProcess, StepHooks, T
 
 DEFAULT_TIMEOUT = 600.0  # seconds a collective waits for the other ranks
@@ -160,7 +161,7 @@ class Ranks(SingleProcess):
                 "compile is not supported under torchrun: the distributed step's collectives "
                 "cannot be traced into one graph; run without --compile"
             )
-        device = torch.device(config.device)
+        device = torch.device(resolve_device(config.device))
         if device.type == "cuda":
             if device.index is not None:
                 raise ValueError(

@@ -1,6 +1,7 @@
 """The evaluation protocol: train fresh networks on a (distilled) set, report test accuracy.
 
-Each of ``num_models`` networks is freshly initialised and trained with Adam on the set alone:
+Each of ``num_models`` networks (a built-in architecture, or your own from ``model_fn``) is
+freshly initialised and trained with Adam on the set alone:
 linear warm-up to ``lr``, cosine decay to 1% of it, loss 1/2 * ||f(x) - y||^2 per sample
 (mean over the batch) on the given labels, ONE random augmentation op per batch
 (``isa_distill.data.augment``). Images must already be preprocessed exactly like ``test``.
@@ -31,7 +32,7 @@ hyperparameters, and the real test split only for the final report.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -54,6 +55,7 @@ FINAL_LR_FRACTION = 0.01
 # Short runs (tests, smoke runs) would spend all their steps warming up: cap the warm-up.
 MAX_WARMUP_FRACTION = 0.5
 PREDICT_BATCH_SIZE = 1000
+ModelFactory = Callable[[], nn.Module]  # a user's network: model_fn=lambda: MyNet()
 
 
 @dataclass(frozen=True)
@@ -266,25 +268,30 @@ def train_network(
     select: str = "last",
     val=None,
     select_every: int | None = None,
+    model_fn: ModelFactory | None = None,
 ) -> nn.Module:
     """Train one freshly initialised network on (images, targets) with the protocol's recipe.
 
     ``batches`` and ``select`` as in the module docstring; ``val`` (Split or (images, labels))
     is only read by ``select="best-val"``, which returns the network with the weights of its
     best validation score. There is no test split here: selection cannot see it.
+    ``model_fn`` (see ``evaluate_set``) replaces ``arch``, ``norm``, ``width`` and ``depth``.
     """
     _check_recipe(batches, select, select_every, val)
     with torch.random.fork_rng(devices=[]):  # seeded init without touching the global RNG
         torch.manual_seed(init_seed)
-        model = build_model(
-            arch,
-            in_channels=images.shape[1],
-            num_classes=targets.shape[1],
-            image_size=images.shape[-1],
-            width=width,
-            depth=depth,
-            norm=norm,
-        )
+        if model_fn is not None:
+            model = _user_network(model_fn)
+        else:
+            model = build_model(
+                arch,
+                in_channels=images.shape[1],
+                num_classes=targets.shape[1],
+                image_size=images.shape[-1],
+                width=width,
+                depth=depth,
+                norm=norm,
+            )
     model.to(device).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     schedule = torch.optim.lr_scheduler.LambdaLR(
@@ -304,7 +311,10 @@ def train_network(
         batch = images[index]
         if augment:
             batch = augment_batch(batch, generator, flip=flip)
-        loss = 0.5 * (model(batch) - targets[index]).square().sum(1).mean()
+        outputs = model(batch)
+        if step == 0 and model_fn is not None:
+            _check_user_outputs(outputs, len(batch), targets.shape[1])
+        loss = 0.5 * (outputs - targets[index]).square().sum(1).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -320,6 +330,24 @@ def train_network(
     if best_weights is not None:
         model.load_state_dict(best_weights)
     return model
+
+
+def _user_network(model_fn: ModelFactory) -> nn.Module:
+    if not callable(model_fn):
+        raise TypeError(f"model_fn must be a function returning an nn.Module, got {model_fn!r}")
+    model = model_fn()
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model_fn must return an nn.Module, it returned {type(model).__name__}")
+    return model
+
+
+def _check_user_outputs(outputs, batch: int, num_classes: int) -> None:
+    shape = tuple(getattr(outputs, "shape", ()))
+    if not isinstance(outputs, torch.Tensor) or shape != (batch, num_classes):
+        raise ValueError(
+            f"model_fn's network must return (batch, {num_classes}) class scores from forward; "
+            f"for a batch of {batch} images it returned {shape or type(outputs).__name__}"
+        )
 
 
 def evaluate_set(
@@ -349,6 +377,8 @@ def evaluate_set(
     val=None,
     select_every: int | None = None,
     networks: Sequence[int] | None = None,
+    progress_label: str = "distilled set",
+    model_fn: ModelFactory | None = None,
 ) -> EvalResult:
     """Train ``num_models`` fresh networks on (images, labels); test accuracy mean and std.
 
@@ -370,6 +400,13 @@ def evaluate_set(
         networks: train only these of the ``num_models`` networks (indices), each with the
             seeds it has among all of them; the result holds their accuracies in this order.
             Lets several processes share one evaluation (``isa_distill.distributed``).
+        progress_label: what the progress bar calls the set being evaluated.
+        model_fn: your own network instead of the built-in ``arch``: a function without
+            arguments returning a fresh ``nn.Module`` (e.g. ``lambda: MyNet()``), called once
+            per network with the torch seed set from ``seed``. Its ``forward`` maps
+            (batch, c, h, w) images to (batch, C) class scores; ``krr=True`` also needs a
+            ``features(x)`` method returning (batch, d) features. ``arch``, ``norm``,
+            ``width`` and ``depth`` are then unused.
 
     Raises:
         ValueError: a bad option, incl. ``select="best-val"`` without ``val``.
@@ -409,15 +446,23 @@ def evaluate_set(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     warmup = max(1, min(warmup, int(MAX_WARMUP_FRACTION * steps)))
     device = torch.device(device)
+    if model_fn is not None and krr:
+        with torch.random.fork_rng(devices=[]):  # a look at the network leaves the RNG alone
+            network = _user_network(model_fn)
+        if not callable(getattr(network, "features", None)):
+            raise ValueError("krr=True scores the network's features: model_fn's network needs "
+                             "a features(x) method returning (batch, d) features")
 
     accuracies, krr_accuracies = [], []
-    with tqdm(total=len(seeds) * steps, desc="evaluate", disable=not progress) as bar:
+    with tqdm(total=len(seeds) * steps, desc=f"evaluate {progress_label}",
+              disable=not progress) as bar:
         for init_seed, data_seed in seeds:
             model = train_network(
                 images, targets, arch=arch, norm=norm, width=width, depth=depth, steps=steps,
                 lr=lr, warmup=warmup, batch_size=batch_size, augment=augment, flip=flip,
                 init_seed=init_seed, data_seed=data_seed, device=device, progress_bar=bar,
                 batches=batches, select=select, val=val, select_every=select_every,
+                model_fn=model_fn,
             )  # fmt: skip
             accuracies.append(test_accuracy(model, (test_images, test_labels), device=device))
             if krr:
@@ -433,6 +478,7 @@ def evaluate_random_subset(train: Split, ipc: int, *, test, seed: int = 0, **opt
     per class (drawn with ``seed``), centred one-hot labels, the same protocol."""
     subset = class_balanced_subset(train, ipc, torch.Generator().manual_seed(seed))
     num_classes = options.pop("num_classes", None) or int(train.labels.max()) + 1
+    options.setdefault("progress_label", "random subset")
     return evaluate_set(
         subset.images, subset.labels, test=test, seed=seed, num_classes=num_classes, **options
     )
@@ -441,4 +487,5 @@ def evaluate_random_subset(train: Split, ipc: int, *, test, seed: int = 0, **opt
 def evaluate_full_data(train: Split, *, test, **options) -> EvalResult:
     """Upper reference: the same protocol on the whole (preprocessed) train split."""
     num_classes = options.pop("num_classes", None) or int(train.labels.max()) + 1
+    options.setdefault("progress_label", "full train data")
     return evaluate_set(train.images, train.labels, test=test, num_classes=num_classes, **options)

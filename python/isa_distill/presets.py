@@ -2,7 +2,7 @@
 
 ``paper``  What produced the paper's Table 1 (Conv-BN width 128, depth 3, target batch 1024,
            LAMB 3e-4 cosine to 3e-5, pool of 10 models re-initialised after 100 updates,
-           discard 0.2, 500k outer steps) on CUDA with bfloat16 feature extraction, with the
+           discard 0.2, 500k outer steps) with bfloat16 feature extraction on CUDA, with the
            loss of the paper's public code: epsilon -1 and class_reduction "mean". The paper's
            text (Eq. 6) integrates towards the partner with 1/2 sum over classes, but its code
            integrates away from it and averages over classes, which weighs the label-margin
@@ -17,6 +17,9 @@
            90.7 +- 1.0 (random class-balanced subset) vs 95.3 +- 1.1 (all 1,293 train images),
            5 networks each; about 60 s of distillation on 2 idle cores.
 
+Both run on CUDA when torch sees a GPU and on the CPU otherwise (``device="auto"``, see
+``isa_distill.devices``); pass ``device="cpu"`` (``--device cpu``) to stay on the CPU.
+
 The flip trick and ZCA follow the protocol's per-dataset rules unless a preset says otherwise
 (``DistillConfig.flip`` / ``zca`` = None).
 """
@@ -27,6 +30,7 @@ import dataclasses
 from typing import Any
 
 from .data import KNOWN_DATASETS
+from .data.registry import IN_MEMORY
 from .distill import DistillConfig
 
 PRESETS = ("cpu", "paper")
@@ -39,7 +43,7 @@ _PAPER: dict[str, Any] = dict(
     batch_size=1024,
     width=128,
     depth=3,
-    device="cuda",
+    device="auto",  # CUDA when available; the run records the device it used
     autocast=True,
     log_every=100,
     checkpoint_every=5_000,
@@ -54,7 +58,7 @@ _CPU: dict[str, Any] = dict(
     width=32,
     depth=3,
     online_batch=1000,
-    device="cpu",
+    device="auto",
     autocast=False,
     log_every=10,
     checkpoint_every=250,
@@ -74,9 +78,12 @@ def preset_config(dataset: str, preset: str = DEFAULT_PRESET, *, ipc: int = 10,
                   **overrides: Any) -> DistillConfig:
     """The DistillConfig of ``preset`` for ``dataset`` at ``ipc``, with ``overrides`` applied.
 
+    ``dataset`` may also be ``"tensors"`` (data handed to ``distill_tensors``): the preset's
+    settings without any per-dataset tuning.
+
     Raises ValueError naming the known datasets / presets / config fields when one is unknown.
     """
-    if dataset not in KNOWN_DATASETS:
+    if dataset not in KNOWN_DATASETS and dataset != IN_MEMORY:
         raise ValueError(f"unknown dataset {dataset!r}; known datasets: {', '.join(KNOWN_DATASETS)}")
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; known presets: {', '.join(PRESETS)}")

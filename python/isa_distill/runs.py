@@ -41,7 +41,8 @@ import hashlib
 import io
 import json
 import os
-import tempfile
+import secrets
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,6 +78,7 @@ REQUIRED_META = {
 OPTIONAL_META = {
     "class_names": list, "version": str, "elapsed_seconds": float,
     "data_root": (str, type(None)), SHA256: dict, PENDING_SHA256: dict, "world_size": int,
+    "source": dict,
 }  # fmt: skip
 
 
@@ -103,14 +105,33 @@ def library_version() -> str:
     return __version__
 
 
+def _temporary_sibling(path: Path) -> Path:
+    """A new, empty, hidden file beside ``path``, created with mode 0666 less the umask (as
+    ``open`` creates files; ``tempfile.mkstemp`` would give 0600)."""
+    for _ in range(100):
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            handle = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            continue
+        os.close(handle)
+        return tmp
+    raise FileExistsError(f"cannot create a temporary file beside {path}")
+
+
 def synced_sibling(path: Path, write: Callable[[Path], None]) -> Path:
     """A temporary sibling of ``path`` holding what ``write(tmp)`` wrote, fsynced (removed
-    again if writing fails)."""
-    handle, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    tmp = Path(tmp_name)
+    again if writing fails).
+
+    The file keeps the mode a new file gets under the umask (0644 under umask 022), also when
+    ``write`` replaces it (safetensors creates its files 0600), so the run's files are as
+    readable as any other file the user writes.
+    """
+    tmp = _temporary_sibling(path)
     try:
+        mode = stat.S_IMODE(tmp.stat().st_mode)
         write(tmp)
+        os.chmod(tmp, mode)
         with open(tmp, "rb") as written:
             os.fsync(written.fileno())
     except BaseException:
@@ -376,6 +397,12 @@ class Run:
         self.meta["world_size"] = world_size
         if data_root is not None:
             self.meta["data_root"] = data_root
+        self._write_meta_file()
+
+    def record_source(self, source: dict[str, Any], *, label_encoding: str) -> None:
+        """Mark the run as a set distilled elsewhere (``isa-distill import``): ``source`` says
+        by what and from which file; nothing was distilled here."""
+        self.meta.update(source=source, label_encoding=label_encoding)
         self._write_meta_file()
 
     def _write_meta_file(self) -> None:

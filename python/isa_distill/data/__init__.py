@@ -1,11 +1,20 @@
 """Datasets, preprocessing and the evaluation augmentation."""
 
 from .errors import DatasetError, DatasetFormatError, DatasetNotFoundError
-from .registry import KNOWN_DATASETS, allows_flip, load_dataset, uses_zca_by_default
+from .registry import (
+    CLI_NAMES,
+    KNOWN_DATASETS,
+    ArgumentNames,
+    allows_flip,
+    load_dataset,
+    uses_zca_by_default,
+)
 from .splits import DatasetSplits, Split, class_balanced_subset
 
 __all__ = [
+    "CLI_NAMES",
     "KNOWN_DATASETS",
+    "ArgumentNames",
     "DatasetError",
     "DatasetFormatError",
     "DatasetNotFoundError",

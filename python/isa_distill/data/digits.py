@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-from sklearn.datasets import load_digits
 
 from .splits import Split
 
@@ -11,6 +10,8 @@ DIGITS_MAX_LEVEL = 16.0
 
 
 def load_digits_split() -> tuple[Split, list[str]]:
+    from sklearn.datasets import load_digits  # scikit-learn takes seconds to import: on use
+
     bunch = load_digits()
     images = torch.from_numpy(bunch.images / DIGITS_MAX_LEVEL).float().unsqueeze(1)
     labels = torch.from_numpy(bunch.target).long()

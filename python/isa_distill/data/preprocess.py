@@ -19,10 +19,20 @@ ZCA, fitted on the mean of the blocks' covariances over the train split (after s
 full per-pixel mean mu) with the same regulariser rule (r = zca_reg * trace / d), whitens every
 block; the inverse undoes it block by block, exactly. ``fit`` picks the largest b with
 c * b * b <= MAX_ZCA_DIM automatically (b = 64 for 3 x 128 x 128, the official choice).
+
+Variants for sets distilled elsewhere (``isa-distill import``): ``fit`` can keep given
+per-channel ``mean`` / ``std`` constants instead of fitting them, whiten without centring
+(``zca_center=False``: mu = 0 and cov = X^T X / N, as KIP does), take ``zca_reg`` as the ridge r
+itself (``zca_reg_absolute=True``, as kornia's ``ZCAWhitening(eps)`` in MTT; stored as the
+equivalent relative value), and normalise every standardised image to zero mean and unit L2
+norm before whitening (``layer_norm=True``, KIP's "zca_normalize"). Layer norm forgets each
+image's mean and norm, so ``inverse`` is then approximate: it restores the train images' mean
+norm (``layer_norm_scale``), which is enough for pictures.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from typing import Any
 
@@ -70,6 +80,16 @@ def from_blocks(blocks: torch.Tensor, shape: torch.Size, side: int) -> torch.Ten
     return grid.reshape(n, c, h, w)
 
 
+def _centred(flat: torch.Tensor) -> torch.Tensor:
+    return flat - flat.mean(dim=1, keepdim=True)
+
+
+def _unit_images(flat: torch.Tensor) -> torch.Tensor:
+    """Each row (a flattened image) minus its mean, divided by its L2 norm (KIP's layer norm)."""
+    centred = _centred(flat)
+    return centred / centred.norm(dim=1, keepdim=True).clamp_min(1e-12)
+
+
 def _float64_chunks(images: torch.Tensor) -> Iterator[torch.Tensor]:
     """The images in float64, a bounded number at a time (no float64 copy of a whole split)."""
     rows = max(1, _FIT_CHUNK_VALUES // images[0].numel())
@@ -90,6 +110,8 @@ class Preprocessor:
         zca_eigenvalues: torch.Tensor | None = None,
         zca_reg: float = 0.1,
         zca_block: int | None = None,
+        layer_norm: bool = False,
+        layer_norm_scale: float = 1.0,
     ) -> None:
         zca_parts = (zca_mean, zca_eigenvectors, zca_eigenvalues)
         if any(p is None for p in zca_parts) and not all(p is None for p in zca_parts):
@@ -99,6 +121,10 @@ class Preprocessor:
         self.mean = mean.to(torch.float32)
         self.std = std.to(torch.float32)
         self.zca_reg = float(zca_reg)
+        self.layer_norm = bool(layer_norm)
+        self.layer_norm_scale = float(layer_norm_scale)
+        if not (math.isfinite(self.layer_norm_scale) and self.layer_norm_scale > 0):
+            raise ValueError(f"layer_norm_scale must be positive, got {layer_norm_scale}")
         self.zca = zca_mean is not None
         self.zca_block = None if not self.zca or zca_block is None else int(zca_block)
         self._device_cache: dict[torch.device, tuple[torch.Tensor, ...]] = {}
@@ -140,11 +166,18 @@ class Preprocessor:
         zca: bool = True,
         zca_reg: float = 0.1,
         zca_block: int | None = None,
+        mean: torch.Tensor | None = None,
+        std: torch.Tensor | None = None,
+        zca_center: bool = True,
+        zca_reg_absolute: bool = False,
+        layer_norm: bool = False,
     ) -> Preprocessor:
         """Fit on train images (n, c, h, w) in [0, 1].
 
         ``zca_block``: None picks a full ZCA when it fits and blocks of ``zca_block_side``
-        otherwise; an int forces blocks of that side (it must divide h and w).
+        otherwise; an int forces blocks of that side (it must divide h and w). ``mean``,
+        ``std``, ``zca_center``, ``zca_reg_absolute`` and ``layer_norm``: the variants of the
+        module docstring (defaults: the protocol's preprocessing).
         """
         _check_images(images, "images")
         if images.shape[0] < 2:
@@ -152,26 +185,34 @@ class Preprocessor:
         if not zca_reg >= 0:
             raise ValueError(f"zca_reg must be >= 0, got {zca_reg}")
         n, channels, height, width = images.shape
-        values_per_channel = n * height * width
-        mean = sum(c.sum(dim=(0, 2, 3)) for c in _float64_chunks(images)) / values_per_channel
-        variance = sum(
-            (c - mean[:, None, None]).square().sum(dim=(0, 2, 3)) for c in _float64_chunks(images)
-        ) / values_per_channel
-        std = variance.sqrt()
-        if bool((std == 0).any()):
+        if (mean is None) != (std is None):
+            raise ValueError("mean and std go together (both given, or both fitted)")
+        if mean is None:
+            mean, std = cls._channel_statistics(images)
+        else:
+            mean, std = (torch.as_tensor(v, dtype=torch.float64).flatten() for v in (mean, std))
+            if mean.shape != (channels,) or std.shape != (channels,):
+                raise ValueError(f"mean and std need {channels} values (one per channel), got "
+                                 f"{tuple(mean.shape)} and {tuple(std.shape)}")
+        if bool((std <= 0).any()):
             raise ValueError("a channel of the train images is constant; cannot standardise it")
         if not zca:
+            if layer_norm:
+                raise ValueError("layer_norm=True goes with zca=True (KIP's zca_normalize)")
             return cls(mean, std, zca_reg=zca_reg)
         block = cls._block_side(zca_block, channels, height, width)
 
-        def standardised(chunk: torch.Tensor) -> torch.Tensor:
-            return ((chunk - mean[:, None, None]) / std[:, None, None]).flatten(1)
+        def prepared(chunk: torch.Tensor) -> torch.Tensor:
+            flat = ((chunk - mean[:, None, None]) / std[:, None, None]).flatten(1)
+            return _unit_images(flat) if layer_norm else flat
 
-        pixel_mean = sum(standardised(c).sum(0) for c in _float64_chunks(images)) / n
         dim = channels * height * width if block is None else channels * block * block
+        pixel_mean = torch.zeros(channels * height * width, dtype=torch.float64)
+        if zca_center:
+            pixel_mean = sum(prepared(c).sum(0) for c in _float64_chunks(images)) / n
         cov = torch.zeros(dim, dim, dtype=torch.float64)
         for chunk in _float64_chunks(images):
-            centred = standardised(chunk) - pixel_mean
+            centred = prepared(chunk) - pixel_mean
             if block is not None:
                 centred = to_blocks(centred.view(chunk.shape), block).reshape(-1, dim)
             cov += centred.T @ centred
@@ -180,6 +221,13 @@ class Preprocessor:
         eigenvalues = eigenvalues.clamp_min(0.0)  # rounding makes the null space slightly negative
         if zca_reg == 0 and bool((eigenvalues == 0).any()):
             raise ValueError("the train covariance is singular; use zca_reg > 0")
+        if zca_reg_absolute:  # r = zca_reg itself, stored as the relative value giving that r
+            zca_reg = zca_reg * eigenvalues.numel() / float(eigenvalues.sum())
+        scale = 1.0
+        if layer_norm:  # the train images' mean norm after standardising and centring
+            norms = [_centred(((c - mean[:, None, None]) / std[:, None, None]).flatten(1))
+                     .norm(dim=1) for c in _float64_chunks(images)]
+            scale = float(torch.cat(norms).mean())
         return cls(
             mean,
             std,
@@ -188,7 +236,20 @@ class Preprocessor:
             zca_eigenvalues=eigenvalues,
             zca_reg=zca_reg,
             zca_block=block,
+            layer_norm=layer_norm,
+            layer_norm_scale=scale,
         )
+
+    @staticmethod
+    def _channel_statistics(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-channel mean and (population) std of the images, in float64."""
+        n, _, height, width = images.shape
+        values_per_channel = n * height * width
+        mean = sum(c.sum(dim=(0, 2, 3)) for c in _float64_chunks(images)) / values_per_channel
+        variance = sum(
+            (c - mean[:, None, None]).square().sum(dim=(0, 2, 3)) for c in _float64_chunks(images)
+        ) / values_per_channel
+        return mean, variance.sqrt()
 
     @staticmethod
     def _block_side(zca_block: int | None, channels: int, height: int, width: int) -> int | None:
@@ -241,19 +302,24 @@ class Preprocessor:
         self._check_input(x, "x")
         mean, std, *zca = self._buffers(x.device)
         out = (x.float() - mean[:, None, None]) / std[:, None, None]
+        if self.layer_norm:
+            out = _unit_images(out.flatten(1)).reshape(x.shape)
         if self.zca:
             zca_mean, whiten, _ = zca
             out = self._zca_map((out.flatten(1) - zca_mean).reshape(x.shape), whiten)
         return out
 
     def inverse(self, x: torch.Tensor) -> torch.Tensor:
-        """Network inputs -> images in pixel space (for pictures; not clipped to [0, 1])."""
+        """Network inputs -> images in pixel space (for pictures; not clipped to [0, 1]);
+        approximate after layer norm (see the module docstring)."""
         self._check_input(x, "x")
         mean, std, *zca = self._buffers(x.device)
         out = x.float()
         if self.zca:
             zca_mean, _, unwhiten = zca
             out = (self._zca_map(out, unwhiten).flatten(1) + zca_mean).reshape(x.shape)
+        if self.layer_norm:
+            out = out * self.layer_norm_scale
         return out * std[:, None, None] + mean[:, None, None]
 
     def state_dict(self) -> dict[str, Any]:
@@ -266,6 +332,9 @@ class Preprocessor:
             "zca_reg": self.zca_reg,
             "zca_block": self.zca_block,
         }
+        if self.layer_norm:  # absent from states of the protocol's preprocessing (and old runs)
+            state["layer_norm"] = True
+            state["layer_norm_scale"] = self.layer_norm_scale
         if self.zca:
             state["zca_mean"] = self.zca_mean.clone()
             state["zca_eigenvectors"] = self.zca_eigenvectors.clone()
@@ -288,5 +357,6 @@ class Preprocessor:
             raise ValueError(f"preprocessor state: zca_block must be an int or None, got {block!r}")
         return cls(
             state["mean"], state["std"], zca_reg=float(state["zca_reg"]), zca_block=block,
-            **zca_parts,
+            layer_norm=bool(state.get("layer_norm", False)),
+            layer_norm_scale=float(state.get("layer_norm_scale", 1.0)), **zca_parts,
         )

@@ -10,7 +10,8 @@ fashion-mnist   ``<data>/fashion-mnist``, ``/usr/share/datasets/fashion-mnist``
                 (Debian: ``apt-get install dataset-fashion-mnist``)
 cifar10         ``<data>/cifar-10-batches-py`` or ``<data>/cifar-10-python.tar.gz``
 cifar100        ``<data>/cifar-100-python`` or ``<data>/cifar-100-python.tar.gz``
-image-folder    no default: pass ``root``
+image-folder    no default: pass ``root`` (images resized to ``image_size``, 32 by default,
+                RGB unless ``grayscale``)
 ==============  =====================================================================
 
 A given ``root`` may be the data folder itself or a folder holding the usual sub-folder or
@@ -22,6 +23,7 @@ carved with a FIXED seed, so the test set never depends on ``seed``.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from .cifar import CIFAR10_FILES, CIFAR100_FILES, load_cifar
@@ -32,6 +34,9 @@ from .image_folder import load_image_folder
 from .splits import DatasetSplits, Split, stratified_holdout
 
 KNOWN_DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10", "cifar100", "image-folder")
+# The name of data handed over as tensors (``isa_distill.distill_tensors``): the protocol's
+# rules treat it like an image folder, but there are no files to load it from again.
+IN_MEMORY = "tensors"
 # Grayscale digit/clothing sets: no ZCA (the protocol's choice for MNIST and Fashion-MNIST; we
 # treat sklearn's digits the same way) and no horizontal flips (they change the class meaning).
 MNIST_LIKE = ("digits", "mnist", "fashion-mnist")
@@ -50,19 +55,34 @@ _HOW_TO_GET = {
     "(the archive or its extracted cifar-10-batches-py folder both work)",
     "cifar100": "download cifar-100-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html "
     "(the archive or its extracted cifar-100-python folder both work)",
-    "image-folder": "pass root=<folder> holding <class>/<image> or train/<class>/<image>",
+    "image-folder": "pass {root} holding <class>/<image> or train/<class>/<image>",
 }
+
+
+@dataclass(frozen=True)
+class ArgumentNames:
+    """How error messages name the options of ``load_dataset``: its Python arguments by
+    default, the command line's flags when the CLI loads the data (``CLI_NAMES``)."""
+
+    root: str = "root=<folder>"
+    image_size: str = "image_size"
+    grayscale: str = "grayscale"
+
+
+PYTHON_NAMES = ArgumentNames()
+CLI_NAMES = ArgumentNames(root="--data-root <folder>", image_size="--image-size",
+                          grayscale="--grayscale")
 
 
 def uses_zca_by_default(name: str) -> bool:
     """ZCA whitening is the protocol's default for every dataset except the MNIST-like ones."""
-    _check_name(name)
+    _check_name(name, in_memory=True)
     return name not in MNIST_LIKE
 
 
 def allows_flip(name: str) -> bool:
     """Horizontal flips are label-preserving except for digits and clothing silhouettes."""
-    _check_name(name)
+    _check_name(name, in_memory=True)
     return name not in MNIST_LIKE
 
 
@@ -70,7 +90,15 @@ def data_home() -> Path:
     return Path(os.environ.get("ISA_DISTILL_DATA", "~/data")).expanduser()
 
 
-def _check_name(name: str) -> None:
+def _check_name(name: str, *, in_memory: bool = False) -> None:
+    if name == IN_MEMORY and in_memory:
+        return
+    if name == IN_MEMORY:
+        raise DatasetNotFoundError(
+            "this data was handed over as tensors (isa_distill.distill_tensors), so there are no "
+            "files to read it from again; evaluate such a run in Python with "
+            "isa_distill.evaluate.evaluate_set (docs/using-a-distilled-set.md)"
+        )
     if name not in KNOWN_DATASETS:
         raise ValueError(f"unknown dataset {name!r}; known datasets: {', '.join(KNOWN_DATASETS)}")
 
@@ -100,15 +128,16 @@ def _looks_complete(name: str, path: Path) -> bool:
     return (path / meta).is_file()
 
 
-def _locate(name: str, root: Path | None) -> Path:
+def _locate(name: str, root: Path | None, names: ArgumentNames = PYTHON_NAMES) -> Path:
     candidates = _candidates(name, root)
     for path in candidates:
         if _looks_complete(name, path):
             return path
     looked = "\n  ".join(str(p) for p in candidates)
+    elsewhere = f" (or set ISA_DISTILL_DATA to the folder holding it, or pass {names.root})"
     raise DatasetNotFoundError(
         f"dataset {name!r} not found; looked in:\n  {looked}\nTo get it: {_HOW_TO_GET[name]}"
-        + ("" if root is not None else " (or set ISA_DISTILL_DATA, or pass root=...)")
+        + ("" if root is not None else elsewhere)
     )
 
 
@@ -121,18 +150,19 @@ def _check_labels(split: Split, num_classes: int, where: str) -> None:
 
 
 def _raw_splits(
-    name: str, root: Path | None, image_size: int | None, grayscale: bool
+    name: str, root: Path | None, image_size: int | None, grayscale: bool, names: ArgumentNames
 ) -> tuple[dict[str, Split], list[str]]:
     if name == "digits":
         train, class_names = load_digits_split()
         return {"train": train}, class_names
     if name == "image-folder":
         if root is None:
-            raise DatasetNotFoundError(f"image-folder has no default location: {_HOW_TO_GET[name]}")
+            how = _HOW_TO_GET[name].format(root=names.root)
+            raise DatasetNotFoundError(f"image-folder has no default location: {how}")
         if not root.is_dir():
             raise DatasetNotFoundError(f"image folder {root} does not exist")
         return load_image_folder(root, image_size=image_size or 32, grayscale=grayscale)
-    source = _locate(name, root)
+    source = _locate(name, root, names)
     if name in ("mnist", "fashion-mnist"):
         splits = {"train": load_idx_split(source, "train"), "test": load_idx_split(source, "test")}
         labels = FASHION_MNIST_LABELS if name == "fashion-mnist" else [str(d) for d in range(10)]
@@ -149,6 +179,7 @@ def load_dataset(
     seed: int = 0,
     image_size: int | None = None,
     grayscale: bool = False,
+    argument_names: ArgumentNames = PYTHON_NAMES,
 ) -> DatasetSplits:
     """Load ``name`` as train / val / test splits of float32 images in [0, 1].
 
@@ -160,6 +191,7 @@ def load_dataset(
         seed: seeds the validation hold-out only.
         image_size: image-folder only: images are resized to this square size (default 32).
         grayscale: image-folder only: load one channel instead of RGB.
+        argument_names: how error messages name these options (``CLI_NAMES`` from the CLI).
 
     Raises:
         ValueError: unknown ``name`` or a bad option.
@@ -167,9 +199,11 @@ def load_dataset(
     """
     _check_name(name)
     if name != "image-folder" and (image_size is not None or grayscale):
-        raise ValueError(f"image_size and grayscale apply to image-folder only, not {name!r}")
+        names = argument_names
+        raise ValueError(f"{names.image_size} and {names.grayscale} apply to image-folder only, "
+                         f"not {name!r}")
     root = None if root is None else Path(root).expanduser()
-    splits, class_names = _raw_splits(name, root, image_size, grayscale)
+    splits, class_names = _raw_splits(name, root, image_size, grayscale, argument_names)
     for split_name, split in splits.items():
         _check_labels(split, len(class_names), f"{name} {split_name} split")
     train = splits["train"]

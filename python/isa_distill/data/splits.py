@@ -6,7 +6,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from sklearn.model_selection import train_test_split
 
 
 @dataclass(frozen=True)
@@ -84,6 +83,8 @@ def stratified_holdout(
         raise ValueError(f"{what} as a count must lie in [0, {n}), got {size}")
     if size == 0:
         return split, split.subset(np.zeros(0, dtype=np.int64))
+    from sklearn.model_selection import train_test_split  # seconds to import: only when used
+
     labels = split.labels.numpy()
     try:
         rest, held = train_test_split(

@@ -30,7 +30,8 @@ def _common(parser: argparse.ArgumentParser, *, dataset: bool = True) -> None:
     parser.add_argument("--seeds", type=int, nargs="+", help="paired seeds (cpu: 0 1 2)")
     parser.add_argument("--eval-models", type=int, help="networks per evaluated set")
     parser.add_argument("--eval-steps", type=int, help="training steps per evaluation network")
-    parser.add_argument("--device", help="cpu, cuda, ... (default: the preset's)")
+    parser.add_argument("--device", help="auto (default: CUDA when available, else the CPU), "
+                        "cpu, cuda, ...")
     parser.add_argument("--out", type=Path, help="output directory "
                         "(default: experiments/<command>-<dataset>-ipc<N>)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (1 avoids oversubscribing "

@@ -1,8 +1,9 @@
 """One distilled run evaluated on other architectures with the same protocol (Table 2).
 
 The networks: Conv (batch norm, the distillation net), Conv-NN, ResNet-18 without norm and
-with batch norm, VGG-11 with batch norm, AlexNet. The test split is preprocessed with the
-run's stored preprocessor; a random class-balanced real subset of the same IPC is evaluated
+with batch norm, VGG-11 with batch norm, AlexNet. The data are read from ``--data-root``, else
+from the root stored in the run. The test split is preprocessed with the run's stored
+preprocessor; a random class-balanced real subset of the same IPC is evaluated
 beside it on every architecture.
 """
 
@@ -12,11 +13,10 @@ from pathlib import Path
 
 import torch
 
-from ..data import load_dataset
 from ..data.splits import class_balanced_subset
 from ..runs import load_distilled
 from .output import new_figure, write_plot, write_table
-from .pipeline import EvalNetwork, evaluate, preprocessed
+from .pipeline import EvalNetwork, evaluate, load_run_dataset, preprocessed
 from .settings import ExperimentSettings
 
 ARCHITECTURES = {  # column name -> (arch, norm)
@@ -37,7 +37,7 @@ def run_cross_arch(
         raise ValueError(f"architectures must be among {', '.join(ARCHITECTURES)}, got {names}")
     run = load_distilled(run_dir)
     dataset = run.meta["dataset"]
-    data = load_dataset(dataset, settings.data_root, seed=0)
+    data = load_run_dataset(run.meta, settings.data_root)
     config = run.meta["config"]
     test = preprocessed(data.test, run.preprocessor)
     sets = {"distilled": (run.images, run.labels)}

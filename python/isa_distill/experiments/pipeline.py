@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..data import DatasetSplits, Split, allows_flip, load_dataset
+from ..data import CLI_NAMES, DatasetSplits, Split, allows_flip, load_dataset
 from ..data.preprocess import Preprocessor
 from ..distill import DistillConfig, DistillResult, distill, resolved_zca
 from ..evaluate import EvalResult, centred_one_hot, evaluate_set, train_network
@@ -23,7 +23,17 @@ FEATURE_NETWORK_STEPS = {"cpu": 500, "paper": 5000}
 
 
 def load_data(settings: ExperimentSettings) -> DatasetSplits:
-    return load_dataset(settings.dataset, settings.data_root, seed=0)
+    return load_dataset(settings.dataset, settings.data_root, seed=0, argument_names=CLI_NAMES)
+
+
+def load_run_dataset(meta: dict, data_root: str | None) -> DatasetSplits:
+    """The dataset of a run (meta.json): from ``data_root``, else the root the run stored;
+    image folders at the run's size and channels."""
+    options = {}
+    if meta["dataset"] == "image-folder":
+        options = dict(image_size=meta["image_size"], grayscale=meta["channels"] == 1)
+    root = data_root if data_root is not None else meta.get("data_root")
+    return load_dataset(meta["dataset"], root, seed=0, argument_names=CLI_NAMES, **options)
 
 
 def distill_config(settings: ExperimentSettings, seed: int, **overrides) -> DistillConfig:

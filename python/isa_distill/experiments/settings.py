@@ -7,6 +7,9 @@ Two presets:
            batch, evaluation by 2 networks of 300 steps each, 3 paired seeds.
 ``paper``  the paper's settings on a GPU: the ``paper`` distillation preset (500k steps),
            5 evaluation networks with the protocol's step budget, 3 paired seeds.
+
+Both run on CUDA when torch sees a GPU and on the CPU otherwise (``device="auto"``); the
+settings hold the device chosen.
 """
 
 from __future__ import annotations
@@ -15,13 +18,14 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from ..devices import resolve_device
 from ..presets import PRESETS
 
 _EXPERIMENT_PRESETS: dict[str, dict[str, Any]] = {
     "cpu": dict(steps=200, batch_size=256, eval_models=2, eval_steps=300, seeds=(0, 1, 2),
-                device="cpu"),
+                device="auto"),
     "paper": dict(steps=None, batch_size=None, eval_models=5, eval_steps=None, seeds=(0, 1, 2),
-                  device="cuda"),
+                  device="auto"),
 }
 
 
@@ -39,7 +43,7 @@ class ExperimentSettings:
     eval_models: int = 2  # networks trained per evaluated set
     eval_steps: int | None = 300  # steps per evaluation network (None: protocol table)
     seeds: tuple[int, ...] = (0, 1, 2)  # paired seeds: distillation and evaluation
-    device: str = "cpu"
+    device: str = "cpu"  # experiment_settings turns "auto" into cuda or cpu
     progress: bool = False
 
     def validate(self) -> None:
@@ -74,6 +78,7 @@ def experiment_settings(preset: str = "cpu", **overrides: Any) -> ExperimentSett
         raise ValueError(f"unknown experiment settings {sorted(unknown)}")
     values = {**_EXPERIMENT_PRESETS[preset], "preset": preset}
     values.update({key: value for key, value in overrides.items() if value is not None})
+    values["device"] = resolve_device(values["device"])  # "auto": CUDA when available
     if "seeds" in values:
         values["seeds"] = tuple(values["seeds"])
     settings = ExperimentSettings(**values)
