@@ -46,6 +46,13 @@ def tiny_config(**overrides) -> DistillConfig:
     return DistillConfig(**{**values, **overrides})
 
 
+# RFAD's random networks (their ``features`` sharded like a pool model's) with multi-formation,
+# and RFAD's ridge: with 80 similar decoded support rows a 1e-6 ridge leaves the kernel so
+# ill-conditioned that float rounding between shard sizes grows over the steps.
+RANDOM_F2 = dict(source="random", random_models=3, random_width=16, random_depth=2, formation=2,
+                 ipc=1, reg=5e-3)
+
+
 def finished(result) -> dict:
     return {"images": result.images, "labels": result.labels,
             "losses": [row["kernel_loss"] for row in result.history]}
@@ -144,6 +151,8 @@ def main(out: Path) -> None:
         results = {"float64": float64_steps(ranks)}
         results["global"] = finished(distill(data, config, run_dir=out / "global",
                                              progress=False, parallel=ranks))
+        results["random"] = finished(distill(data, tiny_config(**RANDOM_F2), progress=False,
+                                             parallel=ranks))
         local = tiny_config(shard_semantics="local", batch_size=64)
         results["local"] = finished(distill(data, local, run_dir=out / "local", progress=False,
                                             parallel=ranks))

@@ -161,6 +161,50 @@ def test_select_every_without_best_val_is_refused_before_distilling(capsys, tmp_
     assert not run_dir.exists()
 
 
+@pytest.mark.parametrize("flag", ["--formation", "--random-models", "--random-width",
+                                  "--random-depth"])
+@pytest.mark.parametrize("value", ["0", "-2", "two"])
+def test_source_and_formation_sizes_are_argparse_errors(capsys, tmp_path, flag, value):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["distill", "--run-dir", str(tmp_path / "r"), flag, value])
+    assert exit_info.value.code == 2
+    assert f"argument {flag}: expected a positive integer, got '{value}'" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--formation", "3"], "error: --formation 3: formation 3 does not divide the image size 8"),
+    (["--formation", "4", "--ipc", "10"], "ipc=10 is too large with formation 4"),
+    (["--krr-loss", "platt", "--epsilon", "-1"], "krr_loss 'platt' needs epsilon in [0, 1]"),
+    (["--source", "random", "--random-depth", "4"], "random_depth=4 is too deep for 8x8 images"),
+])  # fmt: skip
+def test_settings_the_data_cannot_take_are_one_line_errors(capsys, tmp_path, flags, message):
+    assert main(["distill", "--run-dir", str(tmp_path / "r"), *TINY, "--steps", "1",
+                 *flags]) == 2  # fmt: skip
+    assert message in error_line(capsys)
+
+
+def test_random_source_with_formation_end_to_end(capsys, tmp_path):
+    run_dir = tmp_path / "run"
+    assert main(["distill", "--ipc", "1", "--steps", "2", "--run-dir", str(run_dir), *TINY,
+                 "--source", "random", "--random-models", "2", "--random-width", "8",
+                 "--random-depth", "2", "--formation", "2", "--krr-loss", "platt",
+                 "--no-label-margin"]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    assert "2 random ConvNets per step (width 8, depth 2)" in out
+    assert "distilled (RFAD + ISA eps=1, discard=0.2, Platt, formation 2x2)" in out
+    meta = json.loads((run_dir / META).read_text())
+    assert meta["formation"] == 2 and meta["config"]["source"] == "random"
+    assert main(["show", str(run_dir)]) == 0
+    shown = capsys.readouterr().out
+    assert "10 images of (1, 8, 8) stored, decoded to 40 (formation 2x2)" in shown
+    assert "2 random ConvNets per step" in shown
+    # Resuming with another source or formation would change the set: refused by name.
+    assert resume(run_dir, "--formation", "1", "--source", "pool") == 2
+    line = error_line(capsys)
+    assert "--formation 1 (the run has 2)" in line and "--source pool (the run has random)" in line
+
+
 def test_info_runs(capsys):
     assert main(["info"]) == 0
     out = capsys.readouterr().out

@@ -15,6 +15,7 @@ from isa_distill.experiments.cross_arch import run_cross_arch
 from isa_distill.experiments.diversity import run_diversity
 from isa_distill.experiments.hardness import run_hardness
 from isa_distill.experiments.mia import ATTACKERS, run_mia
+from isa_distill.experiments.module import RESULTS, run_module_study
 from isa_distill.experiments.pipeline import distill_config
 from isa_distill.experiments.settings import experiment_settings
 
@@ -50,6 +51,29 @@ def test_ablation_pairs_variants_and_a_variant_equal_to_the_baseline_matches_it(
     for row in rows:
         assert 0.0 <= row["acc_mean"] <= 1.0 and row["seeds"] == 2
     assert [r["variant"] for r in read_csv(tmp_path / "table.csv")] == list(by_name)
+
+
+def test_module_study_pairs_the_arms_and_continues_where_it_stopped(tmp_path, monkeypatch):
+    settings = tiny()
+    arms = ["rfad", "rfad+isa", "frepo+isa", "frepo+isa-f2"]
+    rows = run_module_study(settings, tmp_path, arms, overrides=dict(optimizer="adam"))
+    assert_outputs(tmp_path, "arms.md", "arms.csv", RESULTS)
+    # Only the comparisons whose two arms ran: the module on RFAD, F = 2 on ISA.
+    assert [r["comparison"] for r in rows] == ["rfad+isa vs rfad", "frepo+isa-f2 vs frepo+isa"]
+    for row in rows:
+        assert row["seeds"] == 2 and 0.0 <= row["with_acc"] <= 1.0
+        assert row["ci95_low"] <= row["diff"] <= row["ci95_high"]
+    by_arm = {r["arm"]: r for r in read_csv(tmp_path / "arms.csv")}
+    assert by_arm["frepo+isa-f2"]["training_images_per_class"] == "4"  # IPC 1 x 2^2
+    assert by_arm["rfad"]["training_images_per_class"] == "1"
+
+    # Run again: every (arm, seed) is read from results.json, nothing is distilled.
+    from isa_distill.experiments import module
+
+    monkeypatch.setattr(module, "distill", lambda *a, **k: pytest.fail("distilled again"))
+    assert run_module_study(settings, tmp_path, arms, overrides=dict(optimizer="adam")) == rows
+    with pytest.raises(ValueError, match="holds results of other settings"):
+        run_module_study(tiny(steps=4), tmp_path, arms, overrides=dict(optimizer="adam"))
 
 
 def test_diversity_scores_lie_in_the_unit_interval(tmp_path):
@@ -133,6 +157,8 @@ def test_cross_arch_evaluates_a_run_dir_on_the_chosen_architectures(tmp_path):
     (["ablate", "--dataset", "mnist-nope"], "dataset"),
     (["continual", "--num-steps", "3"], "num_steps must divide"),
     (["cross-arch", "does-not-exist"], "not a run directory"),
+    (["module", "--arms", "rfad", "idc"], "unknown arms ['idc']"),
+    (["module", "--lr", "-1"], "lr must be a finite positive number"),
     (["mia", "--threads", "0"], "--threads must be >= 1"),
     (["mia", "--target-epochs", "0"], "target_epochs must be a positive int"),
 ])

@@ -58,3 +58,23 @@ def test_bad_overrides_are_rejected():
 def test_describe_lists_every_preset_and_dataset():
     text = describe_presets()
     assert len(text.splitlines()) == len(PRESETS) * len(KNOWN_DATASETS)
+
+
+def test_rfad_preset_takes_the_settings_of_rfads_public_code():
+    config = preset_config("cifar10", "rfad", ipc=10)
+    assert (config.source, config.random_models, config.random_width, config.random_depth) == (
+        "random", 8, 256, 3)
+    assert (config.krr_loss, config.reg, config.batch_size) == ("platt", 5e-3, 5_120)
+    assert (config.optimizer, config.peak_lr, config.lr_final_fraction) == ("adam", 1e-3, 1.0)
+    assert not config.label_margin and config.flip is False and config.learn_labels
+    assert (config.epsilon, config.discard) == (0.0, 0.0)  # the module is added by flags
+    assert config.device == "auto" and config.formation == 1  # CUDA when available
+
+
+def test_rfad_cpu_preset_is_rfad_at_the_cpu_budget():
+    config = preset_config("fashion-mnist", "rfad-cpu", ipc=1)
+    cpu = preset_config("fashion-mnist", "cpu", ipc=1)
+    assert (config.source, config.krr_loss, config.device) == ("random", "platt", "auto")
+    assert (config.steps, config.batch_size, config.width) == (cpu.steps, cpu.batch_size,
+                                                               cpu.width)
+    assert config.random_models * config.random_width <= 128

@@ -35,7 +35,8 @@ DEFAULT_IPC = 10
 CONFIG_FLAGS = ("ipc", "epsilon", "discard", "partner", "steps", "batch_size", "width", "depth",
                 "optimizer", "lr", "flip", "zca", "seed", "backend", "device", "autocast",
                 "class_reduction", "compile", "compile_mode", "channels_last", "checkpoint_every",
-                "eval_steps", "shard_semantics")
+                "eval_steps", "shard_semantics", "source", "random_models", "random_width",
+                "random_depth", "krr_loss", "formation", "label_margin")
 RESUMABLE_FLAGS_TEXT = ("--steps, --device, --checkpoint-every, --data-root and the evaluation and "
                         "output options (--eval-*, --select*, --full-data, --no-eval, --quiet)")
 
@@ -101,6 +102,27 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--compile-mode", choices=("default", "reduce-overhead",
                                                 "max-autotune-no-cudagraphs"),
                      help="torch.compile mode with --compile; reduce-overhead uses CUDA graphs")
+    run.add_argument("--source", choices=("pool", "random"),
+                     help="feature networks: pool = FRePo's pool of models trained online (the "
+                     "protocol's); random = RFAD's fresh random ConvNets every step, never "
+                     "trained (default: the preset's)")
+    run.add_argument("--random-models", type=_positive_int, metavar="R",
+                     help="with --source random: networks per step, their features concatenated "
+                     "and scaled by 1/sqrt(R) (RFAD: 8)")
+    run.add_argument("--random-width", type=_positive_int, metavar="W",
+                     help="with --source random: channels of every block (RFAD: 256)")
+    run.add_argument("--random-depth", type=_positive_int, metavar="D",
+                     help="with --source random: conv blocks (RFAD: 3)")
+    run.add_argument("--krr-loss", choices=("mse", "platt"),
+                     help="loss on the KRR predictions: mse (FRePo's, the ISA closed form) or "
+                     "platt (RFAD's cross-entropy with a learned temperature; ISA by quadrature, "
+                     "needs 0 <= epsilon <= 1)")
+    run.add_argument("--label-margin", action=argparse.BooleanOptionalAction, default=None,
+                     help="FRePo's label-margin term on learned labels (default: the preset's)")
+    run.add_argument("--formation", type=_positive_int, metavar="F",
+                     help="multi-formation (IDC): each stored image decodes to F x F upsampled "
+                     "tiles, IPC x F^2 training images per class at the storage of IPC; F must "
+                     "divide the image size (default: 1)")
     run.add_argument("--checkpoint-every", type=int, help="steps between checkpoints")
     run.add_argument("--shard-semantics", choices=("global", "local"),
                      help="under torchrun: discard and partners over the global target batch "
@@ -268,7 +290,7 @@ def _check_eval_options(args: argparse.Namespace) -> None:
 
 
 def cmd_distill(args: argparse.Namespace, parallel) -> int:
-    from .distill import check_ipc, distill
+    from .distill import distill
     from .plots import render_run
 
     say = _say(parallel)
@@ -280,7 +302,7 @@ def cmd_distill(args: argparse.Namespace, parallel) -> int:
         data = _load_run_data(meta, args.data_root)
     else:
         data = _load_data(_dataset_name(args), args.data_root, config.seed, args)
-        parallel.from_writer(lambda: check_ipc(data.train, config.ipc, data.num_classes))
+        parallel.from_writer(lambda: _check_data_fits(data, config))
         say(_describe_config(data, config, run_dir, parallel.world_size))
     on_log = _tensorboard(args, run_dir) if parallel.writes else None
     try:
@@ -295,6 +317,18 @@ def cmd_distill(args: argparse.Namespace, parallel) -> int:
     if not args.no_eval:
         _print_evaluation(run_dir, data, args, device=result.config.device, parallel=parallel)
     return 0
+
+
+def _check_data_fits(data, config) -> None:
+    """IPC and --formation against the loaded data, before a run directory is made."""
+    from .distill import check_ipc
+    from .formation import check_formation
+
+    try:
+        check_formation(config.formation, data.image_size)
+    except ValueError as error:
+        raise CliError(f"--formation {config.formation}: {error}") from error
+    check_ipc(data.train, config.ipc, data.num_classes, config.formation)
 
 
 def _dataset_name(args: argparse.Namespace) -> str:
@@ -550,8 +584,11 @@ def _print_evaluation(run_dir: Path, data, args: argparse.Namespace, *, device: 
     ipc = int(distilled.meta["ipc"])
     label = _set_name(distilled.meta)
     evaluate = parallel.evaluate
-    rows = [(f"distilled ({label})", len(distilled.images),
-             evaluate(evaluate_set, distilled.images, distilled.labels, **options))]
+    # With multi-formation the networks train on the decoded images; the random subset keeps
+    # the stored IPC: the comparison at equal storage.
+    training = distilled.training_images
+    rows = [(f"distilled ({label})", len(training),
+             evaluate(evaluate_set, training, distilled.training_labels, **options))]
     rows.append(("random subset", ipc * data.num_classes,
                  evaluate(evaluate_random_subset, train, ipc, **options)))
     if args.full_data:
@@ -578,11 +615,22 @@ def _set_name(meta: dict) -> str:
 
 
 def _method_name(config: dict) -> str:
+    """FRePo / ISA for the pool source (as before the sources existed), RFAD / RFAD + ISA for
+    random networks; the Platt loss and multi-formation are named when used."""
     reduction = config.get("class_reduction", "half_sum")
+    random = config.get("source", "pool") == "random"
+    platt = config.get("krr_loss", "mse") == "platt"
     if config["epsilon"] == 0 and config["discard"] == 0:
-        return "FRePo" if reduction == "half_sum" else "FRePo, class mean"
-    name = f"ISA eps={config['epsilon']:g}, discard={config['discard']:g}"
-    return name if reduction == "half_sum" else f"{name}, class mean"
+        name = "RFAD" if random else "FRePo"
+    else:
+        name = f"ISA eps={config['epsilon']:g}, discard={config['discard']:g}"
+        name = f"RFAD + {name}" if random else name
+    if reduction != "half_sum" and not platt:
+        name += ", class mean"
+    if platt:
+        name += ", Platt"
+    factor = config.get("formation", 1)
+    return name if factor == 1 else f"{name}, formation {factor}x{factor}"
 
 
 def cmd_show(args: argparse.Namespace) -> int:
@@ -597,7 +645,10 @@ def cmd_show(args: argparse.Namespace) -> int:
     measured = [row for row in rows if row["val_acc"] is not None]
     print(f"run        {args.run_dir}")
     print(f"dataset    {meta['dataset']} ({meta['num_classes']} classes), IPC {meta['ipc']}, "
-          f"{len(distilled.images)} images of {tuple(distilled.images.shape[1:])}")
+          f"{len(distilled.images)} images of {tuple(distilled.images.shape[1:])}"
+          + ("" if distilled.formation == 1 else
+             f" stored, decoded to {len(distilled.training_images)} (formation "
+             f"{distilled.formation}x{distilled.formation})"))
     if "source" in meta:
         source = meta["source"]
         print(f"method     {source.get('method', '?')} (imported from {source.get('file', '?')})")
@@ -609,8 +660,13 @@ def cmd_show(args: argparse.Namespace) -> int:
     print(f"method     {_method_name(config)}, partner={config['partner']}, "
           f"optimizer={config['optimizer']}, flip={meta['flip']}, "
           f"zca={_zca_description(meta['preprocessing'])}")
+    if config.get("source", "pool") == "random":
+        source = (f"{config['random_models']} random ConvNets per step (width "
+                  f"{config['random_width']}, depth {config['random_depth']})")
+    else:
+        source = f"pool {config['pool_size']}"
     print(f"network    {config['arch']} width {config['width']} depth {config['depth']} "
-          f"norm {config['norm']}, pool {config['pool_size']}")
+          f"norm {config['norm']}, {source}")
     print(f"progress   {meta['steps_done']} / {config['steps']} steps, "
           f"{meta.get('elapsed_seconds', 0):.0f} s, seed {meta['seed']}, "
           f"isa-distill {meta.get('version', '?')}")
@@ -711,12 +767,19 @@ def _describe_config(data, config, run_dir: Path, world_size: int = 1) -> str:
     return (
         f"distilling {data.name} ({len(data.train)} train images, {data.num_classes} classes) "
         f"to IPC {config.ipc} with {_method_name(config.__dict__)}\n"
-        f"  {config.steps} steps, Conv-BN width {config.width} depth {config.depth}, batch "
+        f"  {config.steps} steps, {_source_words(config)}, batch "
         f"{config.batch_size}, {config.optimizer} lr {config.peak_lr:g}, flip "
         f"{resolved_flip(config, data.name, data.num_classes)}, zca "
         f"{resolved_zca(config, data.name)}, device {config.device}"
         f"{', compiled' if config.compile else ''}{ranks}\n  run directory: {run_dir}"
     )
+
+
+def _source_words(config) -> str:
+    if config.source == "random":
+        return (f"{config.random_models} random ConvNets per step (width {config.random_width}, "
+                f"depth {config.random_depth})")
+    return f"Conv-BN width {config.width} depth {config.depth}"
 
 
 # Commands that run under torchrun (their ranks share the work); the others run in one process.

@@ -1,19 +1,22 @@
 """Distil a dataset into a few learned images: FRePo's outer loop with the ISA loss.
 
 This module is the loop around one outer step (``isa_distill.step``, docs/protocol.md): the
-schedule, the model pool's lifecycle, the random draws, logging, validation and checkpoints.
-Per outer step:
+schedule, the feature source's lifecycle, the random draws, logging, validation and
+checkpoints. Per outer step:
 
-1. Draw a target batch (X_T, Y_T) of the preprocessed train split and min(M, online_batch)
-   support rows for the pool model's online step.
-2. Run the step: ISA kernel loss + label margin, one LAMB (or Adam) step on (X_S, Y_S) with lr
-   cosine from ``lr`` to ``lr * lr_final_fraction``, ONE Adam step of the pool model.
-3. A pool model past ``max_online_updates`` updates is re-initialised; the next model is drawn
-   uniformly.
+1. Draw a target batch (X_T, Y_T) of the preprocessed train split; the feature source
+   (``isa_distill.sources``) gives the step's network: the current pool model with
+   min(M, online_batch) support rows for its online step (``source="pool"``, FRePo), or R
+   freshly drawn random networks (``source="random"``, RFAD).
+2. Run the step: ISA kernel loss + label margin on the decoded set (``formation``), one LAMB
+   (or Adam) step on (X_S, Y_S) with lr cosine from ``lr`` to ``lr * lr_final_fraction``, and
+   ONE Adam step of a pool model.
+3. The source moves on: a pool model past ``max_online_updates`` updates is re-initialised and
+   the next model is drawn uniformly; a random source has nothing to do.
 
-``epsilon=0, discard=0`` is the FRePo baseline. Every random draw comes from one of three
-explicit CPU ``torch.Generator``s (target batches, pool models, loss partners) that are
-checkpointed with everything else, so an interrupted and resumed run is bit-identical to an
+``epsilon=0, discard=0`` is the FRePo (or RFAD) baseline. Every random draw comes from one of
+three explicit CPU ``torch.Generator``s (target batches, feature networks, loss partners) that
+are checkpointed with everything else, so an interrupted and resumed run is bit-identical to an
 uninterrupted one on the same device, and a run can be resumed on another device. The step
 never waits for the GPU: losses and the checks' status are accumulated on the device and read
 once per ``log_every`` steps and before every checkpoint.
@@ -40,11 +43,35 @@ from . import checks, runs
 from .data import DatasetSplits, Split, allows_flip, class_balanced_subset, uses_zca_by_default
 from .data.preprocess import Preprocessor
 from .devices import AUTO, resolve_device
+from .draws import draw_rows, draw_seed, make_generators
 from .evaluate import centred_one_hot
-from .models import build_model
-from .optim import Lamb
+from .formation import as_training_set, check_formation, encode_mosaic
+from .optim import Lamb, fused_adam
 from .parallel import SHARD_SEMANTICS, SINGLE_PROCESS, SingleProcess
-from .step import COMPILE_MODES, LossHook, LossSettings, OuterStep, StepResult, TargetHook
+from .platt import PLATT_LR
+from .sources import (
+    SOURCES,
+    PoolMember,
+    initial_pool,
+    make_source,
+    new_pool_member,
+    new_pool_model,
+    pool_optimizer,
+    restore_pool,
+)
+from .step import (
+    COMPILE_MODES,
+    KRR_LOSSES,
+    LossHook,
+    LossSettings,
+    OuterStep,
+    StepResult,
+    TargetHook,
+)
+
+# Re-exported: the pool and the draws lived here before the feature sources had a module.
+__all__ = ["PoolMember", "draw_rows", "draw_seed", "initial_pool", "make_generators",
+           "new_pool_member", "new_pool_model", "pool_optimizer", "restore_pool"]
 
 OPTIMIZERS = ("lamb", "adam")
 PARTNERS = ("nearest", "random")
@@ -91,11 +118,20 @@ class DistillConfig:
     lr: float | None = None  # None: 3e-4 for LAMB, 1e-3 for Adam
     lr_final_fraction: float = 0.1  # cosine decay to lr * this
     lr_schedule_steps: int | None = None  # cosine length (None: steps); see cosine_lr
-    # Model pool.
+    # Feature source: "pool" (FRePo's trained pool) | "random" (RFAD's random networks).
+    source: str = "pool"
+    # Model pool (source "pool").
     pool_size: int = 10
     max_online_updates: int = 100
     online_lr: float = 3e-4
     online_batch: int = 1000
+    # Random networks (source "random"): R networks per step, RFAD's ConvNet of constant width.
+    random_models: int = 8
+    random_width: int = 256
+    random_depth: int = 3
+    krr_loss: str = "mse"  # "mse" (the KRR loss of docs/loss.md) | "platt" (RFAD's, platt.py)
+    # Multi-formation: each stored image decodes to F x F upsampled tiles (formation.py).
+    formation: int = 1
     # Bookkeeping.
     seed: int = 0
     device: str = "auto"  # "auto": CUDA when available, else CPU; the run records which
@@ -116,7 +152,7 @@ class DistillConfig:
         """Raise ``ConfigError`` (a ValueError) naming the first field that is out of range."""
         positive = ("ipc", "steps", "batch_size", "width", "depth", "pool_size",
                     "max_online_updates", "online_batch", "log_every", "checkpoint_every",
-                    "val_steps")
+                    "val_steps", "random_models", "random_width", "random_depth")
         for name in positive:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -145,7 +181,8 @@ class DistillConfig:
             raise ConfigError("reg", f"reg must be a finite positive number, got {self.reg}")
         choices = {"partner": PARTNERS, "optimizer": OPTIMIZERS, "norm": NORMS,
                    "backend": BACKENDS, "class_reduction": CLASS_REDUCTIONS,
-                   "compile_mode": COMPILE_MODES, "shard_semantics": SHARD_SEMANTICS}
+                   "compile_mode": COMPILE_MODES, "shard_semantics": SHARD_SEMANTICS,
+                   "source": SOURCES, "krr_loss": KRR_LOSSES}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(name, f"{name} must be one of {allowed}, got "
@@ -159,6 +196,14 @@ class DistillConfig:
                 "compile", f"compile needs partner='nearest' (got {self.partner!r}): random "
                 "partners draw from a torch.Generator, which torch.compile cannot trace"
             )
+        check_formation(self.formation)
+        if self.krr_loss == "platt" and not 0.0 <= self.epsilon <= 1.0:
+            raise ValueError(
+                f"krr_loss 'platt' needs epsilon in [0, 1], got {self.epsilon}: its virtual "
+                "samples' labels mix two one-hot classes, which must stay a distribution"
+            )
+        if self.compile and self.krr_loss != "mse":
+            raise ValueError(f"compile needs krr_loss 'mse' (got {self.krr_loss!r})")
         if not 0.0 < self.lr_final_fraction <= 1.0:
             raise ConfigError("lr_final_fraction", "lr_final_fraction must lie in (0, 1], got "
                               f"{self.lr_final_fraction}")
@@ -192,7 +237,7 @@ class DistillConfig:
             num_classes=num_classes, epsilon=self.epsilon, discard=self.discard,
             partner=self.partner, reg=self.reg, class_reduction=self.class_reduction,
             backend=self.backend, flip=flip, label_margin=self.label_margin,
-            autocast=self.autocast,
+            autocast=self.autocast, formation=self.formation, krr_loss=self.krr_loss,
         )  # fmt: skip
 
 
@@ -208,6 +253,16 @@ class DistillResult:
     elapsed: float  # seconds of distillation, summed over resumes
     history: list[dict[str, Any]] = field(default_factory=list)
     run_dir: Path | None = None
+
+    @property
+    def training_images(self) -> torch.Tensor:
+        """The images networks train on: ``images`` decoded (IPC x F^2 per class)."""
+        return as_training_set(self.images, self.labels, self.config.formation)[0]
+
+    @property
+    def training_labels(self) -> torch.Tensor:
+        """One label row per training image (a stored image's label, shared by its tiles)."""
+        return as_training_set(self.images, self.labels, self.config.formation)[1]
 
 
 # ----------------------------------------------------------------------------- small helpers
@@ -226,12 +281,17 @@ def default_flip(dataset: str, ipc: int, num_classes: int | None = None) -> bool
     return True
 
 
-def check_ipc(train: Split, ipc: int, num_classes: int) -> None:
-    """The class-balanced init needs ``ipc`` real images of every class."""
+def check_ipc(train: Split, ipc: int, num_classes: int, formation: int = 1) -> None:
+    """The class-balanced init needs ``ipc`` x ``formation``^2 real images of every class."""
     smallest = int(torch.bincount(train.labels, minlength=num_classes).min())
-    if smallest < ipc:
+    needed = ipc * formation * formation
+    if smallest < needed:
+        how = "" if formation == 1 else (
+            f" with formation {formation} (its mosaics start from ipc x {formation}^2 = "
+            f"{needed} real images per class)")
         raise ValueError(
-            f"ipc={ipc} is too large: the smallest class of the train split has {smallest} images"
+            f"ipc={ipc} is too large{how}: the smallest class of the train split has {smallest} "
+            "images"
         )
 
 
@@ -265,97 +325,22 @@ def cosine_lr(step: int, config: DistillConfig) -> float:
     return final + 0.5 * (peak - final) * (1.0 + math.cos(math.pi * progress))
 
 
-def make_optimizer(params: list[torch.Tensor], config: DistillConfig) -> torch.optim.Optimizer:
+def make_optimizer(params: list[torch.Tensor], config: DistillConfig,
+                   log_temperature: torch.Tensor | None = None) -> torch.optim.Optimizer:
+    """The synthetic set's optimiser; the Platt temperature (if any) in a group of its own
+    that takes plain Adam steps at ``PLATT_LR`` times the cosine's factor (RFAD's 1e-2)."""
+    groups: list[dict[str, Any]] = [{"params": params}]
+    if log_temperature is not None:
+        groups.append({"params": [log_temperature], "trust_ratio": False,
+                       "lr_scale": PLATT_LR / config.peak_lr})
     if config.optimizer == "lamb":
-        return Lamb(params, lr=config.peak_lr)
-    return fused_adam(params, config.peak_lr)
+        return Lamb(groups, lr=config.peak_lr)
+    return fused_adam(groups, config.peak_lr)
 
 
-def fused_adam(params, lr: float) -> torch.optim.Adam:
-    """Adam as one fused kernel; its step counts stay on the device, so no step reads them on
-    the host (the default implementation does, which on CUDA is a synchronisation)."""
-    return torch.optim.Adam(params, lr=lr, fused=True)
-
-
-def make_generators(seed: int) -> dict[str, torch.Generator]:
-    """Independent CPU streams: target batches, pool models, loss partners."""
-    return {
-        name: torch.Generator().manual_seed(seed * 1000 + offset)
-        for offset, name in enumerate(("data", "pool", "loss"))
-    }
-
-
-def draw_rows(n: int, count: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:
-    """``count`` distinct rows of ``n``, drawn on the CPU and sent to ``device``.
-
-    A copy from ordinary (pageable) host memory makes CUDA wait for the stream; from pinned
-    memory it is queued like a kernel, so the host does not wait for the GPU.
-    """
-    rows = torch.randperm(n, generator=generator)[:count]
-    if device.type == "cuda":
-        rows = rows.pin_memory()
-    return rows.to(device, non_blocking=True)
-
-
-# ----------------------------------------------------------------------------- the model pool
-
-
-def new_pool_model(config: DistillConfig, data: DatasetSplits, seed: int) -> torch.nn.Module:
-    """A freshly initialised model on the run's device whose weights depend on ``seed`` only.
-
-    It is built directly on the device (the global RNG state is restored afterwards), so a
-    re-initialisation costs no host-to-device copy.
-    """
-    device = torch.device(resolve_device(config.device))
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), device:
-        torch.manual_seed(seed)
-        model = build_model(
-            config.arch,
-            in_channels=data.channels,
-            num_classes=data.num_classes,
-            image_size=data.image_size,
-            width=config.width,
-            depth=config.depth,
-            norm=config.norm,
-        )
-    return model.to(memory_format=torch.channels_last) if config.channels_last else model
-
-
-def draw_seed(generator: torch.Generator) -> int:
-    return int(torch.randint(0, 2**62, (1,), generator=generator))
-
-
-@dataclass
-class PoolMember:
-    model: torch.nn.Module
-    optimizer: torch.optim.Optimizer
-    updates: int
-
-
-def pool_optimizer(model: torch.nn.Module, config: DistillConfig) -> torch.optim.Optimizer:
-    return fused_adam(model.parameters(), config.online_lr)
-
-
-def new_pool_member(config, data, generator, updates: int = 0) -> PoolMember:
-    model = new_pool_model(config, data, draw_seed(generator))
-    return PoolMember(model, pool_optimizer(model, config), updates)
-
-
-def initial_pool(config, data, generator) -> list[PoolMember]:
-    """Counters staggered 0, K/P, 2K/P, ... so the models re-initialise at different steps."""
-    stride = config.max_online_updates // config.pool_size
-    return [new_pool_member(config, data, generator, i * stride) for i in range(config.pool_size)]
-
-
-def restore_pool(states: list[dict[str, Any]], config, data) -> list[PoolMember]:
-    pool = []
-    for state in states:
-        model = new_pool_model(config, data, seed=0)
-        model.load_state_dict(state["model"])
-        optimizer = pool_optimizer(model, config)
-        optimizer.load_state_dict(state["optimizer"])
-        pool.append(PoolMember(model, optimizer, int(state["updates"])))
-    return pool
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr * group.get("lr_scale", 1.0)
 
 
 # ----------------------------------------------------------------------------- validation
@@ -450,23 +435,23 @@ class LossWindow:
 # ----------------------------------------------------------------------------- checkpoint dict
 
 
-def checkpoint_state(step, support_images, support_labels, optimizer, pool, current, generators,
-                     elapsed) -> dict[str, Any]:
-    """Everything the loop needs to continue bit-identically, as a plain dict of CPU tensors."""
-    return {
+def checkpoint_state(step, support_images, support_labels, optimizer, source, generators,
+                     elapsed, log_temperature=None) -> dict[str, Any]:
+    """Everything the loop needs to continue bit-identically, as a plain dict of CPU tensors:
+    the source's state under "pool" and "current" (a random source: an empty pool), and the
+    Platt temperature when the run learns one."""
+    state = {
         "step": step,
         "support_images": support_images.detach().cpu(),
         "support_labels": support_labels.detach().cpu(),
         "optimizer": optimizer.state_dict(),
-        "pool": [
-            {"model": m.model.state_dict(), "optimizer": m.optimizer.state_dict(),
-             "updates": m.updates}
-            for m in pool
-        ],
-        "current": current,
+        **source.state(),
         "rng": {name: g.get_state() for name, g in generators.items()},
         "elapsed": elapsed,
     }
+    if log_temperature is not None:
+        state["log_temperature"] = log_temperature.detach().cpu()
+    return state
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -546,9 +531,10 @@ def checked_request(data: DatasetSplits, config: DistillConfig | None, run_dir, 
     config = dataclasses.replace(config, device=resolve_device(config.device))  # recorded as run
     if data.num_classes < 2:
         raise ValueError(f"need at least 2 classes to distil, {data.name} has {data.num_classes}")
-    check_ipc(data.train, config.ipc, data.num_classes)
+    check_formation(config.formation, data.image_size)
+    check_ipc(data.train, config.ipc, data.num_classes, config.formation)
     flip = resolved_flip(config, data.name, data.num_classes)
-    support_rows = config.ipc * data.num_classes * (2 if flip else 1)
+    support_rows = config.ipc * data.num_classes * config.formation**2 * (2 if flip else 1)
     parallel.check(config, min(config.batch_size, len(data.train)), support_rows)
     return run, config, checkpoint
 
@@ -615,37 +601,41 @@ def distill(
         run.record_resume(config, data_root=data.root, world_size=parallel.world_size)
 
     generators = make_generators(config.seed)
+    formation = config.formation
+    training_rows = config.ipc * num_classes * formation**2  # decoded images
     if checkpoint is None:
-        init = class_balanced_subset(data.train, config.ipc, generators["data"])
-        support_images = preprocessor.transform(init.images).to(device)
-        support_labels = initial_support_labels(init.labels, num_classes).to(device)
-        pool = initial_pool(config, data, generators["pool"])
-        current = int(torch.randint(config.pool_size, (1,), generator=generators["pool"]))
+        init = class_balanced_subset(data.train, config.ipc * formation**2, generators["data"])
+        support_images = encode_mosaic(preprocessor.transform(init.images), formation).to(device)
+        support_labels = initial_support_labels(init.labels[::formation**2], num_classes)
+        support_labels = support_labels.to(device)
         start, elapsed_before = 0, 0.0
     else:
         support_images = checkpoint["support_images"].to(device)
         support_labels = checkpoint["support_labels"].to(device)
-        pool = restore_pool(checkpoint["pool"], config, data)
-        current = int(checkpoint["current"])
         for name, generator in generators.items():
             generator.set_state(checkpoint["rng"][name])
         start, elapsed_before = int(checkpoint["step"]), float(checkpoint["elapsed"])
+    # A fresh pool draws its models from the pool generator; a restored one draws nothing.
+    source = make_source(config, data, generators["pool"], training_rows, checkpoint)
     support_images.requires_grad_(True)
     support_labels.requires_grad_(config.learn_labels)
     learned = [support_images] + ([support_labels] if config.learn_labels else [])
-    optimizer = make_optimizer(learned, config)
+    log_temperature = None
+    if config.krr_loss == "platt":  # RFAD's k, tau = exp(k), learned with the set from 0
+        stored = None if checkpoint is None else checkpoint.get("log_temperature")
+        log_temperature = (torch.zeros((), device=device) if stored is None
+                           else stored.to(device)).requires_grad_(True)
+    optimizer = make_optimizer(learned, config, log_temperature)
     if checkpoint is not None:
         optimizer.load_state_dict(checkpoint["optimizer"])
     history = parallel.from_writer(
         lambda: run.read_log(upto_step=start) if run is not None else [])
-    online_rows = min(len(support_images), config.online_batch)
 
     def save(step: int, elapsed: float) -> None:
         if run is None:
             return
-        state = checkpoint_state(
-            step, support_images, support_labels, optimizer, pool, current, generators, elapsed
-        )
+        state = checkpoint_state(step, support_images, support_labels, optimizer, source,
+                                 generators, elapsed, log_temperature)
         run.save_checkpoint(state)
         run.write_distilled(support_images, support_labels, preprocessor)
         run.update_meta(steps_done=step, elapsed=elapsed)
@@ -658,19 +648,15 @@ def distill(
     )
     window = LossWindow(device, start, stack=parallel.stack)
     for step in range(start, config.steps):
-        for group in optimizer.param_groups:
-            group["lr"] = cosine_lr(step, config)
-        member = pool[current]
+        set_lr(optimizer, cosine_lr(step, config))
         rows = draw_rows(len(train), batch_size, generators["data"], device)
-        own_rows = draw_rows(len(support_images), online_rows, generators["pool"], device)
+        network = source.network(generators["pool"])
         result = step_fn(
-            member.model, member.optimizer, support_images, support_labels, optimizer,
-            train.images[rows], train_targets[rows], own_rows, generators["loss"],
+            network.model, network.optimizer, support_images, support_labels, optimizer,
+            train.images[rows], train_targets[rows], network.online_rows, generators["loss"],
+            log_temperature,
         )  # fmt: skip
-        member.updates += 1
-        if member.updates > config.max_online_updates:
-            pool[current] = new_pool_member(config, data, generators["pool"])
-        current = int(torch.randint(config.pool_size, (1,), generator=generators["pool"]))
+        source.after_step(generators["pool"])
         window.add(result)
 
         done = step + 1
@@ -681,7 +667,8 @@ def distill(
             val_acc = None
             if measure:
                 val_acc = validation_accuracy(
-                    support_images, support_labels, val, config, allows_flip(data.name)
+                    *as_training_set(support_images, support_labels, formation), val, config,
+                    allows_flip(data.name),
                 )
             row = {
                 "step": done, "loss": kernel + margin, "kernel_loss": kernel,

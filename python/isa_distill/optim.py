@@ -14,6 +14,10 @@ synthetic set's norm is in the hundreds, and differ in where they bias-correct),
 synchronisation on CUDA (the trust ratio is chosen with ``torch.where``, the step count lives
 on the device), and a plain ``state_dict`` for checkpoints. ``lr`` may be a float or a 0-d
 tensor.
+
+A param group may set ``trust_ratio=False``: its tensors then take plain Adam steps (optax's
+``scale_by_adam`` alone). A scalar such as the Platt temperature needs that: its trust ratio
+||p|| / ||u|| would make every step proportional to the value itself, so from 0 it barely moves.
 """
 
 from __future__ import annotations
@@ -62,8 +66,17 @@ class Lamb(torch.optim.Optimizer):
                 first = state["exp_avg"] / (1 - beta1**step)
                 second = state["exp_avg_sq"] / (1 - beta2**step)
                 update = first / (second.sqrt() + group["eps"])
+                if not group.get("trust_ratio", True):
+                    param.sub_(update * group["lr"])
+                    continue
                 param_norm, update_norm = param.norm(), update.norm()
                 usable = (param_norm > 0) & (update_norm > 0)
                 trust = torch.where(usable, param_norm / update_norm.clamp_min(1e-30), 1.0)
                 param.sub_(update * (trust * group["lr"]))
         return loss
+
+
+def fused_adam(params, lr: float) -> torch.optim.Adam:
+    """Adam as one fused kernel; its step counts stay on the device, so no step reads them on
+    the host (the default implementation does, which on CUDA is a synchronisation)."""
+    return torch.optim.Adam(params, lr=lr, fused=True)

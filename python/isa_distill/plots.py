@@ -29,15 +29,17 @@ def _save(figure: plt.Figure, path: Path, dpi: int) -> Path:
 
 
 def pixel_grid(distilled: Distilled) -> tuple[torch.Tensor, int]:
-    """(classes, columns, h, w, c) images in [0, 1] with ZCA and normalisation undone.
+    """(classes, columns, h, w, c) training images in [0, 1] with ZCA and normalisation undone.
 
-    Distillation keeps the class-balanced layout of its initialisation: rows
-    [k * ipc, (k + 1) * ipc) started as real images of class k.
+    The images shown are those networks train on: with multi-formation, the stored images
+    decoded (IPC x F^2 per class). Distillation keeps the class-balanced layout of its
+    initialisation: rows [k * n, (k + 1) * n) of the n per class started from class k.
     """
     num_classes = int(distilled.meta["num_classes"])
-    ipc = len(distilled.images) // num_classes
+    images = distilled.training_images
+    ipc = len(images) // num_classes
     columns = min(ipc, MAX_COLUMNS)
-    pixels = distilled.preprocessor.inverse(distilled.images).clamp(0.0, 1.0)
+    pixels = distilled.preprocessor.inverse(images).clamp(0.0, 1.0)
     grid = pixels.reshape(num_classes, ipc, *pixels.shape[1:])[:, :columns]
     return grid.permute(0, 1, 3, 4, 2), columns
 
@@ -65,6 +67,10 @@ def plot_images(distilled: Distilled, path: str | Path) -> Path:
     ipc = distilled.meta.get("ipc", "?")
     steps = distilled.meta.get("steps_done", "?")
     title = f"{distilled.meta.get('dataset', '?')}: distilled set, IPC {ipc}, {steps} steps"
+    if distilled.formation > 1:
+        factor = distilled.formation
+        title += (f", formation {factor}x{factor} ({grid.shape[1]} of the "
+                  f"{len(distilled.training_images) // rows} decoded images per class)")
     figure.subplots_adjust(wspace=0.05, hspace=0.05, top=1 - 0.5 / height)
     figure.suptitle(title, fontsize=11, y=1 - 0.15 / height)
     return _save(figure, Path(path), dpi=110)

@@ -17,7 +17,19 @@
            90.7 +- 1.0 (random class-balanced subset) vs 95.3 +- 1.1 (all 1,293 train images),
            5 networks each; about 60 s of distillation on 2 idle cores.
 
-Both run on CUDA when torch sees a GPU and on the CPU otherwise (``device="auto"``, see
+``rfad``   RFAD (Loo et al. 2022) on a GPU, with the settings of its public code: every step
+           8 fresh random ConvNets (3 blocks of 256 channels, no normalisation, Gaussian init;
+           ``isa_distill.sources``), never trained; the Platt cross-entropy on the KRR
+           predictions with a learned temperature (``isa_distill.platt``); learned labels
+           without FRePo's label margin; ridge 5e-3 * trace(K) / M; a target batch of 5,120
+           (4 x 1,280); constant lr 1e-3 (Adam in place of RFAD's AdaBelief); no flip trick.
+           The ISA module is off (epsilon 0, discard 0): add ``--epsilon 1 --discard 0.2``.
+           RFAD runs up to 100k iterations and stops early on a validation loss; this preset
+           runs a fixed 20k steps. Not measured on a GPU.
+``rfad-cpu`` The same method at the ``cpu`` budgets: 4 random networks of width 32 per step
+           (about the cost of the ``cpu`` pool's Conv-BN), target batch 256.
+
+All run on CUDA when torch sees a GPU and on the CPU otherwise (``device="auto"``, see
 ``isa_distill.devices``); pass ``device="cpu"`` (``--device cpu``) to stay on the CPU.
 
 The flip trick and ZCA follow the protocol's per-dataset rules unless a preset says otherwise
@@ -33,7 +45,7 @@ from .data import KNOWN_DATASETS
 from .data.registry import IN_MEMORY
 from .distill import DistillConfig
 
-PRESETS = ("cpu", "paper")
+PRESETS = ("cpu", "paper", "rfad-cpu", "rfad")
 DEFAULT_PRESET = "cpu"
 
 _PAPER: dict[str, Any] = dict(
@@ -74,6 +86,23 @@ _CPU_DATASET: dict[str, dict[str, Any]] = {
 }
 
 
+# RFAD's method (its public code's run_distillation.py and distillation.py defaults).
+_RFAD_METHOD: dict[str, Any] = dict(
+    source="random", random_models=8, random_width=256, random_depth=3, krr_loss="platt",
+    label_margin=False, reg=5e-3, optimizer="adam", lr=1e-3, lr_final_fraction=1.0, flip=False,
+    epsilon=0.0, discard=0.0, class_reduction="half_sum",
+)  # fmt: skip
+_RFAD: dict[str, Any] = {**_PAPER, **_RFAD_METHOD, "batch_size": 5_120, "steps": 20_000,
+                         "checkpoint_every": 1_000, "val_every": 2_000}
+_RFAD_CPU: dict[str, Any] = {**_CPU, **_RFAD_METHOD, "random_models": 4, "random_width": 32}
+_BASES = {
+    "cpu": (_CPU, _CPU_DATASET),
+    "paper": (_PAPER, _PAPER_DATASET),
+    "rfad-cpu": (_RFAD_CPU, _CPU_DATASET),
+    "rfad": (_RFAD, {"image-folder": dict(depth=5, random_depth=5)}),  # 4x4 maps at 128 px
+}
+
+
 def preset_config(dataset: str, preset: str = DEFAULT_PRESET, *, ipc: int = 10,
                   **overrides: Any) -> DistillConfig:
     """The DistillConfig of ``preset`` for ``dataset`` at ``ipc``, with ``overrides`` applied.
@@ -87,7 +116,7 @@ def preset_config(dataset: str, preset: str = DEFAULT_PRESET, *, ipc: int = 10,
         raise ValueError(f"unknown dataset {dataset!r}; known datasets: {', '.join(KNOWN_DATASETS)}")
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; known presets: {', '.join(PRESETS)}")
-    base, per_dataset = (_PAPER, _PAPER_DATASET) if preset == "paper" else (_CPU, _CPU_DATASET)
+    base, per_dataset = _BASES[preset]
     values = {**base, **per_dataset.get(dataset, {}), "ipc": ipc}
     fields = {f.name for f in dataclasses.fields(DistillConfig)}
     unknown = set(overrides) - fields
@@ -106,7 +135,8 @@ def describe_presets() -> str:
         for dataset in KNOWN_DATASETS:
             config = preset_config(dataset, preset)
             lines.append(
-                f"{preset:<6} {dataset:<14} steps={config.steps:<7} width={config.width:<4} "
-                f"depth={config.depth} batch={config.batch_size:<5} device={config.device}"
+                f"{preset:<8} {dataset:<14} steps={config.steps:<7} width={config.width:<4} "
+                f"depth={config.depth} batch={config.batch_size:<5} device={config.device:<4} "
+                f"source={config.source}"
             )
     return "\n".join(lines)

@@ -3,9 +3,12 @@
 A run directory holds::
 
     distilled.safetensors   images and labels (network input space) + the preprocessor tensors
-                            under "preprocessor.<name>" (standardisation and ZCA state)
-    meta.json               dataset, IPC, classes, preprocessing, label encoding, full config,
-                            seed, steps done, processes (ranks) that ran it, library version
+                            under "preprocessor.<name>" (standardisation and ZCA state); the
+                            images are the STORED ones: with multi-formation F > 1 each decodes
+                            to F x F training images (``Distilled.training_images``)
+    meta.json               dataset, IPC, classes, preprocessing, label encoding, formation F,
+                            full config, seed, steps done, processes (ranks) that ran it,
+                            library version
     checkpoint.pt           torch.save of a plain dict: synthetic set, optimiser state, every pool
                             model with its optimiser and counter, all generator states
     log.csv                 step, loss (= kernel_loss + margin_loss), kernel_loss (the ISA KRR
@@ -53,6 +56,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .data.preprocess import Preprocessor
+from .formation import as_training_set, check_formation
 
 DISTILLED = "distilled.safetensors"
 META = "meta.json"
@@ -61,6 +65,11 @@ LOG = "log.csv"
 LOG_COLUMNS = ("step", "loss", "kernel_loss", "margin_loss", "lr", "val_acc", "elapsed")
 OPTIONAL_LOG_COLUMNS = ("kernel_loss", "margin_loss", "val_acc")  # absent or empty: None
 PREPROCESSOR_PREFIX = "preprocessor."
+FORMATION_DECODING = (
+    "stored image k decodes to formation^2 training images: tile (i, j) of an F x F grid, "
+    "bilinearly upsampled to the full size, is training image k * F^2 + i * F + j, with the "
+    "label of stored image k"
+)
 LABEL_ENCODING = (
     "learned soft labels (one row per image), initialised as centred one-hot "
     "(1 - 1/C on, -1/C off) divided by sqrt(C / 10); train with MSE on them"
@@ -78,7 +87,7 @@ REQUIRED_META = {
 OPTIONAL_META = {
     "class_names": list, "version": str, "elapsed_seconds": float,
     "data_root": (str, type(None)), SHA256: dict, PENDING_SHA256: dict, "world_size": int,
-    "source": dict,
+    "source": dict, "formation": int,
 }  # fmt: skip
 
 
@@ -221,7 +230,21 @@ def meta_problems(meta: Any) -> list[str]:
             problems += _hash_map_problems(key, meta[key])
     if isinstance(meta.get("config"), dict):
         problems += _config_problems(meta["config"])
+    if not problems and "formation" in meta:
+        problems += _formation_problems(meta)
     return problems
+
+
+def _formation_problems(meta: dict) -> list[str]:
+    """The formation factor must divide the image size and agree with the stored config."""
+    try:
+        check_formation(meta["formation"], meta["image_size"])
+    except ValueError as error:
+        return [str(error)]
+    stored = meta["config"].get("formation", 1)
+    if stored != meta["formation"]:
+        return [f"'formation' is {meta['formation']} but its config has {stored}"]
+    return []
 
 
 def _hash_map_problems(key: str, hashes: dict) -> list[str]:
@@ -373,6 +396,8 @@ class Run:
             "image_size": data.image_size,
             "images": "network input space: apply the stored preprocessor's inverse to view, "
             "and its transform to real images before evaluating",
+            "formation": config.formation,
+            "formation_decoding": FORMATION_DECODING,
             "preprocessing": {**preprocessing, "tensors": f"{DISTILLED} ({PREPROCESSOR_PREFIX}*)"},
             "label_encoding": LABEL_ENCODING,
             "flip": flip,
@@ -557,8 +582,24 @@ class Distilled:
     preprocessor: Preprocessor
 
     @property
+    def formation(self) -> int:
+        """The multi-formation factor F (1 for runs written before it existed)."""
+        return int(self.meta.get("formation", 1))
+
+    @property
+    def training_images(self) -> torch.Tensor:
+        """The images networks train on: the stored ``images`` decoded, IPC x F^2 per class
+        (``isa_distill.formation``); the stored images themselves when F = 1."""
+        return as_training_set(self.images, self.labels, self.formation)[0]
+
+    @property
+    def training_labels(self) -> torch.Tensor:
+        """One label row per training image: a stored image's label, shared by its tiles."""
+        return as_training_set(self.images, self.labels, self.formation)[1]
+
+    @property
     def pixel_images(self) -> torch.Tensor:
-        """The images in pixel space ([0, 1] up to what distillation did), for viewing."""
+        """The stored images in pixel space ([0, 1] up to what distillation did), for viewing."""
         return self.preprocessor.inverse(self.images)
 
 

@@ -2,15 +2,19 @@
 
 The step (protocol, steps 1-5):
 
-1. target features F_T = f(X_T) of the pool model, without gradient, batch norm in inference
-   mode; support features F_S = f(X_S) likewise in inference mode but with gradient (with the
-   flip trick, X_S is [X_S; hflip(X_S)] and Y_S is [Y_S; Y_S]);
-2. kernel loss = isa_krr_loss(F_S, Y_S, F_T, Y_T) with deferred checks, and the label-margin
-   term mean_i -min(top1(Y_S[i]) - top2(Y_S[i]), 1/C) (when labels are learned);
-3. backward (on several ranks, the gradients reduced over them: ``isa_distill.parallel``), and
+1. the stored synthetic images are decoded into training images (multi-formation,
+   ``isa_distill.formation``; F = 1 leaves them as they are);
+2. target features F_T = f(X_T) of the step's network (``isa_distill.sources``), without
+   gradient, batch norm in inference mode; support features F_S = f(X_S) likewise in inference
+   mode but with gradient (with the flip trick, X_S is [X_S; hflip(X_S)] and Y_S is [Y_S; Y_S]);
+3. kernel loss = isa_krr_loss(F_S, Y_S, F_T, Y_T) with deferred checks (or RFAD's Platt loss,
+   ``isa_distill.platt``), and the label-margin term mean_i -min(top1(Y_S[i]) - top2(Y_S[i]),
+   1/C) of the stored labels (when labels are learned);
+4. backward (on several ranks, the gradients reduced over them: ``isa_distill.parallel``), and
    one step of the synthetic set's optimiser (LAMB or Adam);
-4. ONE Adam step of the pool model on the given support rows (MSE to the current support
-   labels, batch norm in training mode, no augmentation).
+5. when the source trains its network online (the pool), ONE Adam step of it on the given
+   decoded support rows (MSE to their current labels, batch norm in training mode, no
+   augmentation).
 
 It returns the two loss terms (detached) and a status tensor (``isa_distill.checks``) that
 collects everything the value checks found, including a NaN or Inf gradient of the synthetic
@@ -37,12 +41,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import checks
+from .formation import decode, decode_labels
 from .functional import isa_krr_loss
 from .parallel import SINGLE_STEP, StepHooks
+from .platt import platt_isa_loss
 
 LossHook = Callable[..., Tensor]
 TargetHook = Callable[[Tensor, Tensor, torch.Generator], tuple[Tensor, Tensor]]
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune-no-cudagraphs")
+KRR_LOSSES = ("mse", "platt")
 
 
 @dataclass(frozen=True)
@@ -59,6 +66,8 @@ class LossSettings:
     flip: bool = False  # the flip trick: support set [X_S; hflip(X_S)]
     label_margin: bool = True  # applied only when labels are learned
     autocast: bool = False  # bfloat16 feature extraction (CUDA only)
+    formation: int = 1  # multi-formation factor F: each stored image decodes to F^2 images
+    krr_loss: str = "mse"  # "mse": isa_krr_loss; "platt": RFAD's cross-entropy (platt.py)
 
 
 @dataclass(frozen=True)
@@ -92,8 +101,13 @@ def loss_terms(
     loss_fn: LossHook | None = None,
     target_transform: TargetHook | None = None,
     parallel: StepHooks = SINGLE_STEP,
+    log_temperature: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """(kernel loss, label-margin term, status) of the support set on one target batch.
+
+    ``support_images`` and ``support_labels`` are the stored set; the loss sees them decoded
+    (``settings.formation``). ``log_temperature`` is the learned k of the Platt loss
+    (``settings.krr_loss == "platt"``).
 
     The model must be prepared with ``for_features`` (Dynamo cannot trace the switch).
     ``target_labels`` are centred one-hot. The ablations' hooks: ``target_transform`` rewrites
@@ -110,7 +124,8 @@ def loss_terms(
     with torch.no_grad(), autocast_context(settings.autocast, device):
         target_features, target_labels = parallel.target_features(model, target_images,
                                                                   target_labels)
-    images, labels = support_images, support_labels
+    images = decode(support_images, settings.formation)
+    labels = decode_labels(support_labels, settings.formation)
     if settings.flip:
         images = torch.cat([images, images.flip(-1)])
         labels = torch.cat([labels, labels])
@@ -120,6 +135,10 @@ def loss_terms(
         kernel = loss_fn(support_features.float(), labels, target_features.float(),
                          target_labels, settings=settings, generator=generator)
         status = torch.zeros((), dtype=torch.int32, device=device)
+    elif settings.krr_loss == "platt":
+        kernel, status = platt_isa_loss(support_features.float(), labels,
+                                        target_features.float(), target_labels,
+                                        log_temperature, settings=settings, generator=generator)
     else:
         kernel, info = isa_krr_loss(
             support_features.float(),
@@ -168,7 +187,8 @@ def gradient_status(tensors: list[Tensor]) -> Tensor:
 
 
 class OuterStep:
-    """Runs one outer step in place on the synthetic set, its optimiser and one pool model.
+    """Runs one outer step in place on the synthetic set, its optimiser and the step's network
+    (its online step only when the source gives it an optimiser: the pool's models).
 
     ``compile``: torch.compile the two forward computations (``fullgraph=True``, ``mode``);
     refused with random partners or hooks, which draw from a generator inside the loss.
@@ -187,11 +207,13 @@ class OuterStep:
         target_transform: TargetHook | None = None,
         parallel: StepHooks = SINGLE_STEP,
     ) -> None:
-        if compile and (settings.partner != "nearest" or loss_fn or target_transform):
+        if compile and (settings.partner != "nearest" or loss_fn or target_transform
+                        or settings.krr_loss != "mse"):
             raise ValueError(
-                "compile=True needs partner='nearest' and no loss hooks: random partners and "
-                "the ablations' hooks draw from a torch.Generator, which torch.compile cannot "
-                "trace; run them with compile off"
+                "compile=True needs partner='nearest', krr_loss 'mse' and no loss hooks: random "
+                "partners and the ablations' hooks draw from a torch.Generator, which "
+                "torch.compile cannot trace, and the Platt loss is not compiled; run them with "
+                "compile off"
             )
         if mode not in COMPILE_MODES:
             raise ValueError(f"compile mode must be one of {COMPILE_MODES}, got {mode!r}")
@@ -207,21 +229,25 @@ class OuterStep:
     def __call__(
         self,
         model: nn.Module,
-        model_optimizer: torch.optim.Optimizer,
+        model_optimizer: torch.optim.Optimizer | None,
         support_images: Tensor,
         support_labels: Tensor,
         optimizer: torch.optim.Optimizer,
         target_images: Tensor,
         target_labels: Tensor,
-        online_rows: Tensor,
+        online_rows: Tensor | None,
         generator: torch.Generator | None = None,
+        log_temperature: Tensor | None = None,
     ) -> StepResult:
+        """``model_optimizer`` None: no online step (a random source); ``online_rows`` index
+        the decoded support images."""
         settings = self.settings
         if settings.partner == "nearest" and not any(self.hooks.values()):
             generator = None  # unused; keeps the compiled call free of generator arguments
+        platt = {} if log_temperature is None else {"log_temperature": log_temperature}
         kernel, margin, status = self._loss_terms(
             for_features(model), support_images, support_labels, target_images, target_labels,
-            settings, generator, **self.hooks, parallel=self.parallel,
+            settings, generator, **self.hooks, parallel=self.parallel, **platt,
         )  # fmt: skip
         optimizer.zero_grad(set_to_none=True)
         (kernel + margin).backward()
@@ -230,9 +256,12 @@ class OuterStep:
                    for group_param in group["params"]]
         status = status | gradient_status(learned)
         optimizer.step()
+        if model_optimizer is None:
+            return StepResult(kernel.detach(), margin.detach(), status)
 
-        rows_images = support_images.detach()[online_rows]
-        rows_labels = support_labels.detach()[online_rows]
+        formation = settings.formation
+        rows_images = decode(support_images.detach(), formation)[online_rows]
+        rows_labels = decode_labels(support_labels.detach(), formation)[online_rows]
         model_optimizer.zero_grad(set_to_none=True)
         loss = self._online_loss(for_training(model), rows_images, rows_labels, settings.autocast)
         loss.backward()

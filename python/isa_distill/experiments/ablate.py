@@ -42,7 +42,8 @@ def run_ablation(
         for seed in settings.seeds:
             result = distill_variant(data, settings, variant, seed)
             test = preprocessed(data.test, result.preprocessor)
-            evaluation = evaluate(result.images, result.labels, test, settings, seed,
+            evaluation = evaluate(result.training_images, result.training_labels, test,
+                                  settings, seed,
                                   dataset=data.name, num_classes=data.num_classes)
             accuracy[variant.name].append(evaluation.mean)
     rows = []

@@ -1,6 +1,7 @@
 """``isa-distill <experiment>`` subcommands: argument parsing and error reporting only.
 
-``add_subcommands(subparsers)`` adds ablate, hardness, diversity, cross-arch, continual and mia
+``add_subcommands(subparsers)`` adds ablate, module, hardness, diversity, cross-arch, continual
+and mia
 to the main parser; each sets ``handler`` (args -> exit code). A handler prints one line to
 stderr and returns 2 for errors a user can fix (bad arguments, unknown variants, missing data
 or run directories). ``main`` runs the subcommands alone:
@@ -65,6 +66,16 @@ def _ablate(args):
     settings = _settings(args)
     out = _out_dir(args, settings)
     run_ablation(settings, out, args.variants)
+    return out
+
+
+def _module(args):
+    from .module import run_module_study
+
+    settings = _settings(args)
+    out = _out_dir(args, settings)
+    run_module_study(settings, out, args.arms,
+                     overrides=dict(optimizer=args.optimizer, lr=args.lr))
     return out
 
 
@@ -146,6 +157,17 @@ def add_subcommands(subparsers) -> None:
     _common(ablate)
     _variants_option(ablate, "every variant this installation can distil")
     ablate.set_defaults(handler=_handler(_ablate))
+
+    module = subparsers.add_parser("module", help="the ISA module on RFAD and FRePo, with and "
+                                   "without multi-formation (paired seeds)")
+    _common(module)
+    module.add_argument("--arms", nargs="+", help="arms to run (default: rfad rfad+isa frepo "
+                        "frepo+isa frepo-f2 frepo+isa-f2); see docs/experiments/module.md")
+    module.add_argument("--optimizer", choices=("lamb", "adam"),
+                        help="optimiser of the synthetic set in every arm (default: each "
+                        "method's preset: LAMB for FRePo, Adam for RFAD)")
+    module.add_argument("--lr", type=float, help="its peak learning rate (default: the preset's)")
+    module.set_defaults(handler=_handler(_module))
 
     hardness = subparsers.add_parser("hardness", help="Figure 1: hard vs easy targets, PCA")
     _common(hardness)

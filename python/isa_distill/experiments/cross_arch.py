@@ -40,7 +40,7 @@ def run_cross_arch(
     data = load_run_dataset(run.meta, settings.data_root)
     config = run.meta["config"]
     test = preprocessed(data.test, run.preprocessor)
-    sets = {"distilled": (run.images, run.labels)}
+    sets = {"distilled": (run.training_images, run.training_labels)}  # decoded (formation)
     if random_baseline:
         ipc = int(run.meta.get("ipc", config["ipc"]))
         subset = class_balanced_subset(data.train, ipc, torch.Generator().manual_seed(0))
