@@ -131,6 +131,7 @@ def test_cross_arch_evaluates_a_run_dir_on_the_chosen_architectures(tmp_path):
     (["ablate", "--variants", "nope"], "unknown variants"),
     (["ablate", "--seeds", "1", "1"], "seeds must be distinct"),
     (["ablate", "--dataset", "mnist-nope"], "dataset"),
+    (["ablate", "--lr", "-0.001"], "lr must be a finite positive number"),
     (["continual", "--num-steps", "3"], "num_steps must divide"),
     (["cross-arch", "does-not-exist"], "not a run directory"),
     (["mia", "--threads", "0"], "--threads must be >= 1"),

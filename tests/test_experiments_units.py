@@ -21,9 +21,11 @@ from isa_distill.experiments.mia import (
     attacker_split,
     draw_candidates,
 )
+from isa_distill.experiments.pipeline import distill_config
 from isa_distill.experiments.settings import experiment_settings
 from isa_distill.experiments.stats import paired_difference
 from isa_distill.experiments.variants import (
+    FIDELITY_VARIANTS,
     HOOKED_VARIANTS,
     VARIANTS,
     feature_mixup_loss,
@@ -227,7 +229,38 @@ def test_resolve_variants_names_the_problem():
     with pytest.raises(ValueError, match="at least one"):
         resolve_variants([])
     assert [v.name for v in resolve_variants(list(HOOKED_VARIANTS))] == list(HOOKED_VARIANTS)
-    assert VARIANTS["baseline"].overrides == {"epsilon": 0.0, "discard": 0.0}
+    assert VARIANTS["baseline"].overrides == {"epsilon": 0.0, "discard": 0.0,
+                                              "class_reduction": "half_sum"}
+
+
+@pytest.mark.parametrize("name, epsilon, discard, reduction", [
+    ("baseline", 0.0, 0.0, "half_sum"),
+    ("discard-only", 0.0, 0.2, "half_sum"),
+    ("isa-towards", 1.0, 0.2, "half_sum"),
+    ("isa-away", -1.0, 0.2, "half_sum"),
+    ("isa-official", -1.0, 0.2, "mean"),
+])
+def test_fidelity_variants_pin_their_semantics_under_every_preset(name, epsilon, discard,
+                                                                  reduction):
+    assert name in FIDELITY_VARIANTS
+    for preset in ("cpu", "paper"):
+        settings = experiment_settings(preset, dataset="fashion-mnist", device="cpu")
+        config = distill_config(settings, 0, **VARIANTS[name].overrides)
+        assert (config.epsilon, config.discard, config.class_reduction) == (
+            epsilon, discard, reduction)
+        assert config.partner == "nearest" and not VARIANTS[name].hooks
+
+
+def test_experiment_optimizer_and_lr_reach_the_distillation_config():
+    default = distill_config(experiment_settings("cpu"), 0)
+    assert (default.optimizer, default.peak_lr) == ("lamb", 3e-4)  # the cpu preset's
+    adam = distill_config(experiment_settings("cpu", optimizer="adam"), 0)
+    assert (adam.optimizer, adam.peak_lr) == ("adam", 1e-3)  # Adam's default rate
+    tuned = distill_config(experiment_settings("cpu", optimizer="lamb", lr=1e-3), 0)
+    assert (tuned.optimizer, tuned.peak_lr) == ("lamb", 1e-3)
+    # A variant's own override wins over the experiment's setting.
+    assert distill_config(experiment_settings("cpu", optimizer="adam"), 0,
+                          optimizer="lamb").optimizer == "lamb"
 
 
 def test_experiment_settings_reject_bad_values():
@@ -239,3 +272,8 @@ def test_experiment_settings_reject_bad_values():
         experiment_settings("cpu", eval_models=0)
     with pytest.raises(ValueError, match="seeds"):
         experiment_settings("cpu", seeds=(0, 0))
+    with pytest.raises(ValueError, match="optimizer must be one of"):
+        experiment_settings("cpu", optimizer="sgd")
+    for lr in (0.0, -1e-3, float("nan"), float("inf"), True):
+        with pytest.raises(ValueError, match="lr must be a finite positive number"):
+            experiment_settings("cpu", lr=lr)

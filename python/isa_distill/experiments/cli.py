@@ -30,6 +30,10 @@ def _common(parser: argparse.ArgumentParser, *, dataset: bool = True) -> None:
     parser.add_argument("--seeds", type=int, nargs="+", help="paired seeds (cpu: 0 1 2)")
     parser.add_argument("--eval-models", type=int, help="networks per evaluated set")
     parser.add_argument("--eval-steps", type=int, help="training steps per evaluation network")
+    parser.add_argument("--optimizer", choices=("lamb", "adam"),
+                        help="optimiser of the synthetic set (default: the preset's, LAMB)")
+    parser.add_argument("--lr", type=float, help="its peak learning rate "
+                        "(default: 3e-4 for LAMB, 1e-3 for Adam)")
     parser.add_argument("--device", help="cpu, cuda, ... (default: the preset's)")
     parser.add_argument("--out", type=Path, help="output directory "
                         "(default: experiments/<command>-<dataset>-ipc<N>)")
@@ -50,7 +54,7 @@ def _settings(args: argparse.Namespace):
         args.preset, dataset=getattr(args, "dataset", None), data_root=args.data_root,
         ipc=getattr(args, "ipc", None), steps=args.steps, batch_size=args.batch_size,
         seeds=args.seeds, eval_models=args.eval_models, eval_steps=args.eval_steps,
-        device=args.device, progress=not args.quiet,
+        device=args.device, progress=not args.quiet, optimizer=args.optimizer, lr=args.lr,
     )
 
 
