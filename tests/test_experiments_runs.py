@@ -52,6 +52,29 @@ def test_ablation_pairs_variants_and_a_variant_equal_to_the_baseline_matches_it(
     assert [r["variant"] for r in read_csv(tmp_path / "table.csv")] == list(by_name)
 
 
+def test_ablation_writes_per_seed_results_and_resume_runs_only_the_missing_pairs(tmp_path):
+    variants = ["isa-away", "isa-official"]
+    first = run_ablation(tiny(seeds=(0,), optimizer="adam"), tmp_path, variants)
+    stored = read_csv(tmp_path / "seeds.csv")
+    assert [(r["variant"], r["seed"]) for r in stored] == [
+        ("baseline", "0"), ("isa-away", "0"), ("isa-official", "0")]
+    assert all(float(r["distill_s"]) > 0 and float(r["eval_s"]) > 0 for r in stored)
+    assert all(r["distill_s"] > 0 for r in first)
+    assert "adam lr 0.001" in (tmp_path / "table.md").read_text()
+    # Resuming with a second seed distils only seed 1 and keeps seed 0's results unchanged.
+    rows = run_ablation(tiny(seeds=(0, 1), optimizer="adam"), tmp_path, variants, resume=True)
+    again = read_csv(tmp_path / "seeds.csv")
+    assert again[:3] == stored and [(r["variant"], r["seed"]) for r in again[3:]] == [
+        ("baseline", "1"), ("isa-away", "1"), ("isa-official", "1")]
+    assert "3 results reused" in (tmp_path / "progress.log").read_text()
+    assert all(row["seeds"] == 2 for row in rows)
+    # A fresh run of both seeds gives the same table: results do not depend on the run order.
+    fresh = run_ablation(tiny(seeds=(0, 1), optimizer="adam"), tmp_path / "fresh", variants)
+    assert [r["acc_mean"] for r in fresh] == [r["acc_mean"] for r in rows]
+    with pytest.raises(ValueError, match="other settings .*optimizer"):
+        run_ablation(tiny(seeds=(0, 1)), tmp_path, variants, resume=True)
+
+
 def test_diversity_scores_lie_in_the_unit_interval(tmp_path):
     rows = run_diversity(tiny(seeds=(0,), ipc=2), tmp_path, ["baseline", "easy20"], k=3,
                          max_real=60, feature_steps=5)

@@ -67,7 +67,7 @@ def _ablate(args):
 
     settings = _settings(args)
     out = _out_dir(args, settings)
-    run_ablation(settings, out, args.variants)
+    run_ablation(settings, out, args.variants, resume=args.resume)
     return out
 
 
@@ -148,6 +148,9 @@ def add_subcommands(subparsers) -> None:
     ablate = subparsers.add_parser("ablate", help="paired ablation of the loss variants")
     _common(ablate)
     _variants_option(ablate, "every variant this installation can distil")
+    ablate.add_argument("--resume", action="store_true",
+                        help="reuse the per-seed results in --out (seeds.csv) of an earlier run "
+                        "with the same settings and run only the missing ones")
     ablate.set_defaults(handler=_handler(_ablate))
 
     hardness = subparsers.add_parser("hardness", help="Figure 1: hard vs easy targets, PCA")

@@ -1,6 +1,7 @@
 """The ablation's variants of the outer loss, all distilled by the one pipeline.
 
-Most variants are ``DistillConfig`` settings of the ISA loss (epsilon, discard). The others
+Most variants are ``DistillConfig`` settings of the ISA loss (epsilon, discard; those that pin
+``class_reduction`` mean the same under every preset, the others take the preset's). The others
 replace the loss itself through the hooks of ``isa_distill.distill.distill`` (``settings`` is
 the step's ``isa_distill.step.LossSettings``):
 
