@@ -76,6 +76,29 @@ def test_module_study_pairs_the_arms_and_continues_where_it_stopped(tmp_path, mo
         run_module_study(tiny(steps=4), tmp_path, arms, overrides=dict(optimizer="adam"))
 
 
+def test_ablation_writes_per_seed_results_and_resume_runs_only_the_missing_pairs(tmp_path):
+    variants = ["isa-away", "isa-official"]
+    first = run_ablation(tiny(seeds=(0,), optimizer="adam"), tmp_path, variants)
+    stored = read_csv(tmp_path / "seeds.csv")
+    assert [(r["variant"], r["seed"]) for r in stored] == [
+        ("baseline", "0"), ("isa-away", "0"), ("isa-official", "0")]
+    assert all(float(r["distill_s"]) > 0 and float(r["eval_s"]) > 0 for r in stored)
+    assert all(r["distill_s"] > 0 for r in first)
+    assert "adam lr 0.001" in (tmp_path / "table.md").read_text()
+    # Resuming with a second seed distils only seed 1 and keeps seed 0's results unchanged.
+    rows = run_ablation(tiny(seeds=(0, 1), optimizer="adam"), tmp_path, variants, resume=True)
+    again = read_csv(tmp_path / "seeds.csv")
+    assert again[:3] == stored and [(r["variant"], r["seed"]) for r in again[3:]] == [
+        ("baseline", "1"), ("isa-away", "1"), ("isa-official", "1")]
+    assert "3 results reused" in (tmp_path / "progress.log").read_text()
+    assert all(row["seeds"] == 2 for row in rows)
+    # A fresh run of both seeds gives the same table: results do not depend on the run order.
+    fresh = run_ablation(tiny(seeds=(0, 1), optimizer="adam"), tmp_path / "fresh", variants)
+    assert [r["acc_mean"] for r in fresh] == [r["acc_mean"] for r in rows]
+    with pytest.raises(ValueError, match="other settings .*optimizer"):
+        run_ablation(tiny(seeds=(0, 1)), tmp_path, variants, resume=True)
+
+
 def test_diversity_scores_lie_in_the_unit_interval(tmp_path):
     rows = run_diversity(tiny(seeds=(0,), ipc=2), tmp_path, ["baseline", "easy20"], k=3,
                          max_real=60, feature_steps=5)
@@ -155,6 +178,7 @@ def test_cross_arch_evaluates_a_run_dir_on_the_chosen_architectures(tmp_path):
     (["ablate", "--variants", "nope"], "unknown variants"),
     (["ablate", "--seeds", "1", "1"], "seeds must be distinct"),
     (["ablate", "--dataset", "mnist-nope"], "dataset"),
+    (["ablate", "--lr", "-0.001"], "lr must be a finite positive number"),
     (["continual", "--num-steps", "3"], "num_steps must divide"),
     (["cross-arch", "does-not-exist"], "not a run directory"),
     (["module", "--arms", "rfad", "idc"], "unknown arms ['idc']"),

@@ -12,6 +12,7 @@ from isa_distill.data import Split, load_dataset
 from isa_distill.data.preprocess import Preprocessor
 from isa_distill.evaluate import centred_one_hot
 from isa_distill.evaluate import test_accuracy as accuracy_on
+from isa_distill.experiments.ablate import load_seed_results, settings_key, summarise
 from isa_distill.experiments.continual import herding_indices
 from isa_distill.experiments.knn_manifold import knn_radii, manifold_metrics
 from isa_distill.experiments.mia import (
@@ -21,9 +22,11 @@ from isa_distill.experiments.mia import (
     attacker_split,
     draw_candidates,
 )
+from isa_distill.experiments.pipeline import distill_config
 from isa_distill.experiments.settings import experiment_settings
 from isa_distill.experiments.stats import paired_difference
 from isa_distill.experiments.variants import (
+    FIDELITY_VARIANTS,
     HOOKED_VARIANTS,
     VARIANTS,
     feature_mixup_loss,
@@ -227,7 +230,82 @@ def test_resolve_variants_names_the_problem():
     with pytest.raises(ValueError, match="at least one"):
         resolve_variants([])
     assert [v.name for v in resolve_variants(list(HOOKED_VARIANTS))] == list(HOOKED_VARIANTS)
-    assert VARIANTS["baseline"].overrides == {"epsilon": 0.0, "discard": 0.0}
+    assert VARIANTS["baseline"].overrides == {"epsilon": 0.0, "discard": 0.0,
+                                              "class_reduction": "half_sum"}
+
+
+@pytest.mark.parametrize("name, epsilon, discard, reduction", [
+    ("baseline", 0.0, 0.0, "half_sum"),
+    ("discard-only", 0.0, 0.2, "half_sum"),
+    ("isa-towards", 1.0, 0.2, "half_sum"),
+    ("isa-away", -1.0, 0.2, "half_sum"),
+    ("isa-official", -1.0, 0.2, "mean"),
+])
+def test_fidelity_variants_pin_their_semantics_under_every_preset(name, epsilon, discard,
+                                                                  reduction):
+    assert name in FIDELITY_VARIANTS
+    for preset in ("cpu", "paper"):
+        settings = experiment_settings(preset, dataset="fashion-mnist", device="cpu")
+        config = distill_config(settings, 0, **VARIANTS[name].overrides)
+        assert (config.epsilon, config.discard, config.class_reduction) == (
+            epsilon, discard, reduction)
+        assert config.partner == "nearest" and not VARIANTS[name].hooks
+
+
+def test_experiment_optimizer_and_lr_reach_the_distillation_config():
+    default = distill_config(experiment_settings("cpu"), 0)
+    assert (default.optimizer, default.peak_lr) == ("lamb", 3e-4)  # the cpu preset's
+    adam = distill_config(experiment_settings("cpu", optimizer="adam"), 0)
+    assert (adam.optimizer, adam.peak_lr) == ("adam", 1e-3)  # Adam's default rate
+    tuned = distill_config(experiment_settings("cpu", optimizer="lamb", lr=1e-3), 0)
+    assert (tuned.optimizer, tuned.peak_lr) == ("lamb", 1e-3)
+    # A variant's own override wins over the experiment's setting.
+    assert distill_config(experiment_settings("cpu", optimizer="adam"), 0,
+                          optimizer="lamb").optimizer == "lamb"
+
+
+def _seed_row(variant, seed, accuracy, distill_s=10.0):
+    return dict(variant=variant, seed=seed, accuracy=accuracy, network_std=0.01,
+                network_accuracies=repr(accuracy), distill_s=distill_s, eval_s=2.0)
+
+
+def test_summarise_pairs_seeds_and_averages_wall_times():
+    results = {}
+    for seed, (base, other) in enumerate([(0.50, 0.52), (0.60, 0.63), (0.55, 0.56)]):
+        results[("baseline", seed)] = _seed_row("baseline", seed, base, 10.0 + seed)
+        results[("isa-away", seed)] = _seed_row("isa-away", seed, other, 20.0)
+    results[("isa-away", 7)] = _seed_row("isa-away", 7, 0.0)  # not selected: ignored
+    rows = summarise(results, resolve_variants(["baseline", "isa-away"]), (0, 1, 2))
+    base, away = rows
+    assert base["diff_vs_baseline"] == 0.0 and base["distill_s"] == pytest.approx(11.0)
+    assert away["acc_mean"] == pytest.approx(np.mean([0.52, 0.63, 0.56]))
+    assert away["diff_vs_baseline"] == pytest.approx(0.02)
+    assert away["ci95_low"] < 0.02 < away["ci95_high"]
+    assert away["distill_s"] == 20.0 and away["eval_s"] == 2.0 and away["seeds"] == 3
+
+
+def test_stored_seed_results_are_reused_only_under_the_same_settings(tmp_path):
+    import json
+
+    settings = experiment_settings("cpu", optimizer="adam")
+    assert load_seed_results(tmp_path, settings_key(settings)) == {}  # nothing stored yet
+    (tmp_path / "seeds.csv").write_text(
+        "variant,seed,accuracy,network_std,network_accuracies,distill_s,eval_s\n"
+        "baseline,3,0.125,0.0,0.125,4.5,1.0\n")
+    with pytest.raises(ValueError, match="no settings.json"):
+        load_seed_results(tmp_path, settings_key(settings))
+    (tmp_path / "settings.json").write_text(json.dumps(settings_key(settings)))
+    stored = load_seed_results(tmp_path, settings_key(settings))
+    assert stored[("baseline", 3)]["accuracy"] == 0.125
+    assert stored[("baseline", 3)]["distill_s"] == 4.5
+    # Other seeds may be asked for; other budgets or optimisers may not.
+    assert load_seed_results(tmp_path, settings_key(
+        experiment_settings("cpu", optimizer="adam", seeds=(5, 6))))
+    with pytest.raises(ValueError, match="optimizer: stored 'adam', now 'lamb'"):
+        load_seed_results(tmp_path, settings_key(experiment_settings("cpu", optimizer="lamb")))
+    with pytest.raises(ValueError, match="steps"):
+        load_seed_results(tmp_path, settings_key(
+            experiment_settings("cpu", optimizer="adam", steps=1000)))
 
 
 def test_experiment_settings_reject_bad_values():
@@ -239,3 +317,8 @@ def test_experiment_settings_reject_bad_values():
         experiment_settings("cpu", eval_models=0)
     with pytest.raises(ValueError, match="seeds"):
         experiment_settings("cpu", seeds=(0, 0))
+    with pytest.raises(ValueError, match="optimizer must be one of"):
+        experiment_settings("cpu", optimizer="sgd")
+    for lr in (0.0, -1e-3, float("nan"), float("inf"), True):
+        with pytest.raises(ValueError, match="lr must be a finite positive number"):
+            experiment_settings("cpu", lr=lr)

@@ -31,6 +31,11 @@ def _common(parser: argparse.ArgumentParser, *, dataset: bool = True) -> None:
     parser.add_argument("--seeds", type=int, nargs="+", help="paired seeds (cpu: 0 1 2)")
     parser.add_argument("--eval-models", type=int, help="networks per evaluated set")
     parser.add_argument("--eval-steps", type=int, help="training steps per evaluation network")
+    parser.add_argument("--optimizer", choices=("lamb", "adam"),
+                        help="optimiser of the synthetic set (default: the preset's: LAMB for "
+                        "FRePo, Adam for RFAD)")
+    parser.add_argument("--lr", type=float, help="its peak learning rate "
+                        "(default: the preset's, or 3e-4 for LAMB, 1e-3 for Adam)")
     parser.add_argument("--device", help="auto (default: CUDA when available, else the CPU), "
                         "cpu, cuda, ...")
     parser.add_argument("--out", type=Path, help="output directory "
@@ -52,7 +57,7 @@ def _settings(args: argparse.Namespace):
         args.preset, dataset=getattr(args, "dataset", None), data_root=args.data_root,
         ipc=getattr(args, "ipc", None), steps=args.steps, batch_size=args.batch_size,
         seeds=args.seeds, eval_models=args.eval_models, eval_steps=args.eval_steps,
-        device=args.device, progress=not args.quiet,
+        device=args.device, progress=not args.quiet, optimizer=args.optimizer, lr=args.lr,
     )
 
 
@@ -65,7 +70,7 @@ def _ablate(args):
 
     settings = _settings(args)
     out = _out_dir(args, settings)
-    run_ablation(settings, out, args.variants)
+    run_ablation(settings, out, args.variants, resume=args.resume)
     return out
 
 
@@ -156,6 +161,9 @@ def add_subcommands(subparsers) -> None:
     ablate = subparsers.add_parser("ablate", help="paired ablation of the loss variants")
     _common(ablate)
     _variants_option(ablate, "every variant this installation can distil")
+    ablate.add_argument("--resume", action="store_true",
+                        help="reuse the per-seed results in --out (seeds.csv) of an earlier run "
+                        "with the same settings and run only the missing ones")
     ablate.set_defaults(handler=_handler(_ablate))
 
     module = subparsers.add_parser("module", help="the ISA module on RFAD and FRePo, with and "
@@ -163,10 +171,6 @@ def add_subcommands(subparsers) -> None:
     _common(module)
     module.add_argument("--arms", nargs="+", help="arms to run (default: rfad rfad+isa frepo "
                         "frepo+isa frepo-f2 frepo+isa-f2); see docs/experiments/module.md")
-    module.add_argument("--optimizer", choices=("lamb", "adam"),
-                        help="optimiser of the synthetic set in every arm (default: each "
-                        "method's preset: LAMB for FRePo, Adam for RFAD)")
-    module.add_argument("--lr", type=float, help="its peak learning rate (default: the preset's)")
     module.set_defaults(handler=_handler(_module))
 
     hardness = subparsers.add_parser("hardness", help="Figure 1: hard vs easy targets, PCA")

@@ -38,13 +38,14 @@ def load_run_dataset(meta: dict, data_root: str | None) -> DatasetSplits:
 
 def distill_config(settings: ExperimentSettings, seed: int, *, preset: str | None = None,
                    **overrides) -> DistillConfig:
-    """The preset's config at this IPC and seed with the experiment's budgets. The seed fixes
+    """The preset's config at this IPC and seed with the experiment's budgets and optimiser
+    (``None`` settings keep the preset's; ``overrides`` win over both). The seed fixes
     the synthetic init, the target-batch stream and the pool inits, so variants that share it
     are paired. ``preset``: a distillation preset other than the experiment's (e.g. ``rfad``)."""
     values = dict(
         ipc=settings.ipc, seed=seed, steps=settings.steps, batch_size=settings.batch_size,
         device=settings.device, val_every=0, val_steps=_UNUSED_VALIDATION_STEPS,
-        checkpoint_every=10**9, log_every=10**9,
+        checkpoint_every=10**9, log_every=10**9, optimizer=settings.optimizer, lr=settings.lr,
     )
     values.update(overrides)
     return preset_config(settings.dataset, preset or settings.preset, **values)

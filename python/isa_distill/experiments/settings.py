@@ -10,15 +10,21 @@ Two presets:
 
 Both run on CUDA when torch sees a GPU and on the CPU otherwise (``device="auto"``); the
 settings hold the device chosen.
+
+``optimizer`` and ``lr`` (None: the distillation preset's) choose the optimiser of the synthetic
+set for every variant of an experiment; ``lr`` None with an ``optimizer`` given means that
+optimiser's default rate (``isa_distill.distill.DEFAULT_LR``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
 from ..devices import resolve_device
+from ..distill import OPTIMIZERS
 from ..presets import PRESETS
 
 _EXPERIMENT_PRESETS: dict[str, dict[str, Any]] = {
@@ -45,10 +51,19 @@ class ExperimentSettings:
     seeds: tuple[int, ...] = (0, 1, 2)  # paired seeds: distillation and evaluation
     device: str = "cpu"  # experiment_settings turns "auto" into cuda or cpu
     progress: bool = False
+    optimizer: str | None = None  # optimiser of the synthetic set (None: the preset's)
+    lr: float | None = None  # its peak learning rate (None: the optimiser's default)
 
     def validate(self) -> None:
         if self.preset not in PRESETS:
             raise ValueError(f"preset must be one of {PRESETS}, got {self.preset!r}")
+        if self.optimizer is not None and self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if self.lr is not None and (
+            isinstance(self.lr, bool) or not isinstance(self.lr, (int, float))
+            or not math.isfinite(self.lr) or self.lr <= 0
+        ):
+            raise ValueError(f"lr must be a finite positive number, got {self.lr!r}")
         for name in ("ipc", "eval_models"):
             _check_positive(name, getattr(self, name))
         for name in ("steps", "batch_size", "eval_steps"):

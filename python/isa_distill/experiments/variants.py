@@ -1,6 +1,7 @@
 """The ablation's variants of the outer loss, all distilled by the one pipeline.
 
-Most variants are ``DistillConfig`` settings of the ISA loss (epsilon, discard). The others
+Most variants are ``DistillConfig`` settings of the ISA loss (epsilon, discard; those that pin
+``class_reduction`` mean the same under every preset, the others take the preset's). The others
 replace the loss itself through the hooks of ``isa_distill.distill.distill`` (``settings`` is
 the step's ``isa_distill.step.LossSettings``):
 
@@ -92,8 +93,16 @@ def input_mixup(images, labels, generator):
 # ----------------------------------------------------------------------------- registry
 
 
-def _config_variant(name: str, description: str, epsilon: float, discard: float) -> Variant:
-    return Variant(name, description, {"epsilon": epsilon, "discard": discard})
+def _config_variant(name: str, description: str, epsilon: float, discard: float,
+                    **pinned: Any) -> Variant:
+    return Variant(name, description, {"epsilon": epsilon, "discard": discard, **pinned})
+
+
+def _semantics_variant(name: str, description: str, epsilon: float, discard: float,
+                       class_reduction: str) -> Variant:
+    """A variant that pins the loss's semantics (``class_reduction``) instead of taking the
+    preset's, so that its name means the same under every preset."""
+    return _config_variant(name, description, epsilon, discard, class_reduction=class_reduction)
 
 
 def _hooked(name: str, description: str, **hooks) -> Variant:
@@ -103,7 +112,8 @@ def _hooked(name: str, description: str, **hooks) -> Variant:
 VARIANTS: dict[str, Variant] = {
     v.name: v
     for v in [
-        _config_variant("baseline", "FRePo kernel loss (epsilon 0, discard 0)", 0.0, 0.0),
+        _semantics_variant("baseline", "FRePo kernel loss (epsilon 0, discard 0)", 0.0, 0.0,
+                           "half_sum"),
         *[_config_variant(f"easy{p}", f"discard the easiest {p}%", 0.0, p / 100)
           for p in (10, 20, 30)],
         *[_hooked(f"hard{p}", f"discard the hardest {p}%", loss_fn=keep_easiest_loss(p / 100))
@@ -112,6 +122,15 @@ VARIANTS: dict[str, Variant] = {
           for eps in (0.25, 0.5, 1.0, -1.0)],
         _config_variant("isa+easy20", "ISA epsilon 1 + discard the easiest 20% (paper)", 1.0,
                         0.2),
+        # The paper's text vs its public code (docs/experiments/fidelity.md).
+        _semantics_variant("discard-only", "discard the easiest 20%, no ISA (half sum)", 0.0,
+                           0.2, "half_sum"),
+        _semantics_variant("isa-towards", "ISA epsilon +1 (towards the partner, the paper's "
+                           "text), discard 20%, half sum", 1.0, 0.2, "half_sum"),
+        _semantics_variant("isa-away", "ISA epsilon -1 (away from the partner), discard 20%, "
+                           "half sum", -1.0, 0.2, "half_sum"),
+        _semantics_variant("isa-official", "ISA as the paper's public code: epsilon -1, "
+                           "discard 20%, mean over classes", -1.0, 0.2, "mean"),
         _hooked("input-mixup", "MixUp of target images, FRePo loss",
                 target_transform=input_mixup),
         _hooked("feature-mixup", "one random alpha per step toward the nearest peer",
@@ -122,6 +141,8 @@ VARIANTS: dict[str, Variant] = {
 }
 HOOKED_VARIANTS = tuple(name for name, v in VARIANTS.items() if v.hooks)
 BASELINE = "baseline"
+# The fidelity study's variants (docs/experiments/fidelity.md), the baseline first.
+FIDELITY_VARIANTS = ("baseline", "discard-only", "isa-towards", "isa-away", "isa-official")
 
 
 def resolve_variants(names: list[str] | tuple[str, ...] | None) -> list[Variant]:
