@@ -124,11 +124,13 @@ def test_random_partners_follow_the_generator():
 
 def test_public_surface():
     assert set(isa_distill.__all__) == {
+        "Distilled",
         "ISAInfo",
         "ISAKRRLoss",
         "NotPositiveDefiniteError",
         "Status",
         "__version__",
+        "distill_tensors",
         "isa_krr_loss",
         "krr_predict",
         "load_distilled",
