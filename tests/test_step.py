@@ -12,6 +12,7 @@ from conftest import tiny_config
 from isa_distill import distill as distill_module
 from isa_distill.data import class_balanced_subset
 from isa_distill.data.preprocess import Preprocessor
+from isa_distill.devices import resolve_device
 from isa_distill.distill import (
     DistillConfig,
     distill,
@@ -113,7 +114,7 @@ class StepFixture:
     """Everything one outer step needs, built like the loop builds it, on ``config.device``."""
 
     def __init__(self, data, config, *, compile=False):
-        self.device = torch.device(config.device)
+        self.device = torch.device(resolve_device(config.device))
         generators = make_generators(config.seed)
         preprocessor = Preprocessor.fit(data.train.images, zca=False)
         self.train = preprocessed(data.train, preprocessor, self.device)
