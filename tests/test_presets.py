@@ -30,6 +30,15 @@ def test_cpu_presets_are_small(dataset):
     assert config.steps <= 5_000 and config.width <= 32 and config.batch_size <= 512
 
 
+def test_cpu_preset_takes_the_fidelity_studys_choice():
+    # Adam 1e-3, ISA away from the partner at FRePo's scale (docs/experiments/fidelity.md).
+    config = preset_config("fashion-mnist", "cpu", ipc=1)
+    assert (config.optimizer, config.peak_lr) == ("adam", 1e-3)
+    assert (config.epsilon, config.discard, config.class_reduction) == (-1.0, 0.2, "half_sum")
+    rfad = preset_config("fashion-mnist", "rfad-cpu", ipc=1)
+    assert (rfad.epsilon, rfad.discard) == (0.0, 0.0)  # RFAD's own settings win
+
+
 def test_overrides_apply_and_none_keeps_the_preset():
     config = preset_config("digits", "cpu", ipc=5, epsilon=0.0, discard=None, steps=7)
     assert (config.ipc, config.epsilon, config.steps) == (5, 0.0, 7)

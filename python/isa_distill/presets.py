@@ -10,8 +10,9 @@
            ImageWoof at 128 px in the paper) uses depth 5 so the feature map ends at 4x4, as
            FRePo does for 128 px inputs.
 ``cpu``    Runs that finish in minutes on 2 CPU cores. Smaller network, smaller target batch
-           and fewer steps; everything else (loss, optimiser, schedule, pool rule) is the
-           paper's. For ``digits`` (8x8 images) this is the default job of
+           and fewer steps; Adam 1e-3 in place of LAMB 3e-4 and ISA away from the partner
+           (epsilon -1) with FRePo's 1/2-sum scale, as a paired-seed study on Fashion-MNIST
+           chose (docs/experiments/fidelity.md); the schedule and pool rule are the paper's. For ``digits`` (8x8 images) this is the default job of
            ``isa-distill distill``: 1,500 steps of a width-32, depth-2 Conv-BN, evaluated with
            500-step networks. Seed 0 gave test accuracy 93.4 +- 0.7 (distilled, IPC 10) vs
            90.7 +- 1.0 (random class-balanced subset) vs 95.3 +- 1.1 (all 1,293 train images),
@@ -65,6 +66,13 @@ _PAPER: dict[str, Any] = dict(
 _PAPER_DATASET: dict[str, dict[str, Any]] = {"image-folder": dict(depth=5)}
 
 _CPU: dict[str, Any] = dict(
+    # Chosen by the paired-seed study of docs/experiments/fidelity.md (Fashion-MNIST, 1,000
+    # steps): Adam 1e-3 beats the paper's LAMB 3e-4 by ~5 points at this budget, and ISA away
+    # from the partner leads FRePo where towards it does not clearly. Half-sum keeps FRePo's
+    # scale, so epsilon 0, discard 0 is the FRePo baseline.
+    optimizer="adam",
+    epsilon=-1.0,
+    class_reduction="half_sum",
     steps=1_000,
     batch_size=256,
     width=32,
