@@ -3,6 +3,7 @@
 import gzip
 import pickle
 import tarfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -121,6 +122,19 @@ def test_missing_dataset_says_where_it_looked(tmp_path):
         load_dataset("cifar10", tmp_path)
     assert str(tmp_path) in str(info.value) and "cifar-10-python.tar.gz" in str(info.value)
     assert isinstance(info.value, DatasetError)
+
+
+def test_missing_idx_dataset_says_which_folder_the_files_go_in(tmp_path, monkeypatch):
+    # `isa-distill info` shows the last line only: it must name the folder by itself.
+    if Path("/usr/share/datasets/mnist").is_dir():
+        pytest.skip("Debian's MNIST is installed: the default location finds it")
+    monkeypatch.setenv("ISA_DISTILL_DATA", str(tmp_path / "data"))
+    with pytest.raises(DatasetNotFoundError) as info:
+        load_dataset("mnist")
+    assert f"into {tmp_path / 'data' / 'mnist'}" in str(info.value).splitlines()[-1]
+    with pytest.raises(DatasetNotFoundError) as info:
+        load_dataset("mnist", tmp_path / "elsewhere")
+    assert f"into {tmp_path / 'elsewhere'}" in str(info.value).splitlines()[-1]
 
 
 def test_unknown_dataset_lists_known_ones():

@@ -48,9 +48,9 @@ FASHION_MNIST_LABELS = [
     "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
 ]  # fmt: skip
 _HOW_TO_GET = {
-    "mnist": "download the four *-ubyte.gz files from the MNIST page into one folder",
+    "mnist": "download the four *-ubyte.gz files from the MNIST page into {folder}",
     "fashion-mnist": "run `apt-get install dataset-fashion-mnist` (Debian) or download the four "
-    "*-ubyte.gz files from github.com/zalandoresearch/fashion-mnist into one folder",
+    "*-ubyte.gz files from github.com/zalandoresearch/fashion-mnist into {folder}",
     "cifar10": "download cifar-10-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html "
     "(the archive or its extracted cifar-10-batches-py folder both work)",
     "cifar100": "download cifar-100-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html "
@@ -136,7 +136,10 @@ def _locate(name: str, root: Path | None, names: ArgumentNames = PYTHON_NAMES) -
     looked = "\n  ".join(str(p) for p in candidates)
     elsewhere = f" (or set ISA_DISTILL_DATA to the folder holding it, or pass {names.root})"
     raise DatasetNotFoundError(
-        f"dataset {name!r} not found; looked in:\n  {looked}\nTo get it: {_HOW_TO_GET[name]}"
+        # The first place looked is where the files go (the last line alone, which `isa-distill
+        # info` shows, still says it).
+        f"dataset {name!r} not found; looked in:\n  {looked}\n"
+        f"To get it: {_HOW_TO_GET[name].format(folder=candidates[0])}"
         + ("" if root is not None else elsewhere)
     )
 
