@@ -43,6 +43,15 @@ def test_unknown_preset_is_an_argparse_error(capsys):
     assert "invalid choice: 'huge'" in capsys.readouterr().err
 
 
+def test_version_flag(capsys):
+    import isa_distill
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"isa-distill {isa_distill.__version__}"
+
+
 def test_too_large_ipc(capsys, tmp_path):
     assert main(["distill", "--ipc", "1000", "--run-dir", str(tmp_path / "r")]) == 2
     assert "ipc=1000 is too large" in error_line(capsys)
