@@ -52,6 +52,18 @@ def test_version_flag(capsys):
     assert capsys.readouterr().out.strip() == f"isa-distill {isa_distill.__version__}"
 
 
+@pytest.mark.parametrize("command", ["ablate", "hardness", "diversity"])
+def test_variants_help_names_every_variant(capsys, command):
+    import re
+
+    from isa_distill.experiments.variants import VARIANTS
+
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    text = " ".join(re.sub(r"-\n\s+", "-", capsys.readouterr().out).split())
+    assert all(f" {name} " in text for name in VARIANTS)
+
+
 def test_too_large_ipc(capsys, tmp_path):
     assert main(["distill", "--ipc", "1000", "--run-dir", str(tmp_path / "r")]) == 2
     assert "ipc=1000 is too large" in error_line(capsys)
