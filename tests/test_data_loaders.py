@@ -217,6 +217,18 @@ def test_image_folder_with_an_unreadable_image_is_a_format_error(tmp_path):
         load_dataset("image-folder", tmp_path)
 
 
+def test_image_folder_too_small_for_its_hold_outs_says_what_to_do(tmp_path):
+    # 10 images per class: a 20% test split leaves 8, too few for a 10% validation split
+    # with one image of each of 10 classes (scikit-learn's message named test_size).
+    write_pngs(tmp_path, [str(c) for c in range(10)], 10, size=4, mode="L")
+    with pytest.raises(DatasetFormatError, match="too few to hold out a stratified validation"):
+        load_dataset("image-folder", tmp_path, grayscale=True)
+    few = tmp_path / "few"
+    write_pngs(few, [str(c) for c in range(10)], 4, size=4, mode="L")
+    with pytest.raises(DatasetFormatError, match="stratified test split .*train/, val/ and test/"):
+        load_dataset("image-folder", few, grayscale=True)
+
+
 def test_image_folder_needs_a_root():
     with pytest.raises(DatasetNotFoundError, match="root"):
         load_dataset("image-folder")

@@ -22,6 +22,7 @@ carved with a FIXED seed, so the test set never depends on ``seed``.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -144,6 +145,25 @@ def _locate(name: str, root: Path | None, names: ArgumentNames = PYTHON_NAMES) -
     )
 
 
+def _check_room_for(
+    name: str, root: Path | None, split: Split, size: object, num_classes: int, what: str
+) -> None:
+    """A stratified hold-out needs an image of every class on both sides; an image folder too
+    small for that is told what to do instead of getting scikit-learn's message."""
+    if name != "image-folder" or isinstance(size, bool) or not isinstance(size, (int, float)):
+        return  # bad sizes are stratified_holdout's to report
+    held = math.ceil(size * len(split)) if isinstance(size, float) else size
+    if held == 0 or min(held, len(split) - held) >= num_classes:
+        return
+    share = f"{size:.0%}" if isinstance(size, float) else str(size)
+    raise DatasetFormatError(
+        f"image folder {root}: {len(split)} images of {num_classes} classes are too few to hold "
+        f"out a stratified {what} split ({share} of them, with at least one image of every class "
+        f"on each side); add images, or give the folder train/, val/ and test/ sub-folders "
+        f"(each with the class sub-folders)"
+    )
+
+
 def _check_labels(split: Split, num_classes: int, where: str) -> None:
     if len(split) and (int(split.labels.min()) < 0 or int(split.labels.max()) >= num_classes):
         raise DatasetFormatError(
@@ -211,12 +231,14 @@ def load_dataset(
         _check_labels(split, len(class_names), f"{name} {split_name} split")
     train = splits["train"]
     if "test" not in splits:
+        _check_room_for(name, root, train, CARVED_TEST_FRACTION, len(class_names), "test")
         train, splits["test"] = stratified_holdout(
             train, CARVED_TEST_FRACTION, seed=CARVED_TEST_SEED, what="carved test split"
         )
     if "val" in splits:
         val = splits["val"]
     else:
+        _check_room_for(name, root, train, val_size, len(class_names), "validation")
         train, val = stratified_holdout(train, val_size, seed=seed)
     return DatasetSplits(name, train, val, splits["test"], list(class_names),
                          root=_root_to_record(name, root))
