@@ -81,7 +81,10 @@ def test_existing_run_dir_is_left_intact(capsys, tmp_path):
     run_dir.mkdir()
     (run_dir / "results.txt").write_text("precious")
     assert main(["distill", "--run-dir", str(run_dir), *TINY, "--steps", "2"]) == 2
-    assert "already exists" in error_line(capsys)
+    out = capsys.readouterr()
+    assert out.err.startswith("isa-distill: error: ") and "already exists" in out.err
+    assert len(out.err.strip().splitlines()) == 1
+    assert "distilling" not in out.out  # refused before the data is loaded and the plan shown
     assert [p.name for p in run_dir.iterdir()] == ["results.txt"]
     assert (run_dir / "results.txt").read_text() == "precious"
 

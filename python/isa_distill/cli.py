@@ -359,6 +359,10 @@ def _distill_request(args: argparse.Namespace):
     config = preset_config(_dataset_name(args), args.preset or DEFAULT_PRESET,
                            **_config_flags(args))
     config = dataclasses.replace(config, device=_resolve_device(config.device))
+    if args.run_dir is not None:
+        from .runs import Run
+
+        Run.check_creatable(args.run_dir)  # before the data is loaded and the plan printed
     return config, None, args.run_dir or _default_run_dir(_dataset_name(args), config.ipc)
 
 
