@@ -1,6 +1,7 @@
 """The ISA kernel loss on CPU: random features, both backends, loss and gradient norms.
 
-Run with ``python examples/loss_example.py`` after ``make build-dev``.
+Run with ``python examples/loss_example.py`` once isa-distill is installed (``make build-dev``
+in the source tree, or ``pip install`` of the wheel).
 """
 
 import torch

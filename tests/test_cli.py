@@ -43,6 +43,27 @@ def test_unknown_preset_is_an_argparse_error(capsys):
     assert "invalid choice: 'huge'" in capsys.readouterr().err
 
 
+def test_version_flag(capsys):
+    import isa_distill
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"isa-distill {isa_distill.__version__}"
+
+
+@pytest.mark.parametrize("command", ["ablate", "hardness", "diversity"])
+def test_variants_help_names_every_variant(capsys, command):
+    import re
+
+    from isa_distill.experiments.variants import VARIANTS
+
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    text = " ".join(re.sub(r"-\n\s+", "-", capsys.readouterr().out).split())
+    assert all(f" {name} " in text for name in VARIANTS)
+
+
 def test_too_large_ipc(capsys, tmp_path):
     assert main(["distill", "--ipc", "1000", "--run-dir", str(tmp_path / "r")]) == 2
     assert "ipc=1000 is too large" in error_line(capsys)
@@ -60,7 +81,10 @@ def test_existing_run_dir_is_left_intact(capsys, tmp_path):
     run_dir.mkdir()
     (run_dir / "results.txt").write_text("precious")
     assert main(["distill", "--run-dir", str(run_dir), *TINY, "--steps", "2"]) == 2
-    assert "already exists" in error_line(capsys)
+    out = capsys.readouterr()
+    assert out.err.startswith("isa-distill: error: ") and "already exists" in out.err
+    assert len(out.err.strip().splitlines()) == 1
+    assert "distilling" not in out.out  # refused before the data is loaded and the plan shown
     assert [p.name for p in run_dir.iterdir()] == ["results.txt"]
     assert (run_dir / "results.txt").read_text() == "precious"
 

@@ -3,6 +3,7 @@
 import gzip
 import pickle
 import tarfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -123,6 +124,19 @@ def test_missing_dataset_says_where_it_looked(tmp_path):
     assert isinstance(info.value, DatasetError)
 
 
+def test_missing_idx_dataset_says_which_folder_the_files_go_in(tmp_path, monkeypatch):
+    # `isa-distill info` shows the last line only: it must name the folder by itself.
+    if Path("/usr/share/datasets/mnist").is_dir():
+        pytest.skip("Debian's MNIST is installed: the default location finds it")
+    monkeypatch.setenv("ISA_DISTILL_DATA", str(tmp_path / "data"))
+    with pytest.raises(DatasetNotFoundError) as info:
+        load_dataset("mnist")
+    assert f"into {tmp_path / 'data' / 'mnist'}" in str(info.value).splitlines()[-1]
+    with pytest.raises(DatasetNotFoundError) as info:
+        load_dataset("mnist", tmp_path / "elsewhere")
+    assert f"into {tmp_path / 'elsewhere'}" in str(info.value).splitlines()[-1]
+
+
 def test_unknown_dataset_lists_known_ones():
     with pytest.raises(ValueError, match="known datasets") as info:
         load_dataset("imagenet")
@@ -201,6 +215,18 @@ def test_image_folder_with_an_unreadable_image_is_a_format_error(tmp_path):
     (tmp_path / "a" / "broken.png").write_bytes(b"not a png")
     with pytest.raises(DatasetFormatError, match="broken.png"):
         load_dataset("image-folder", tmp_path)
+
+
+def test_image_folder_too_small_for_its_hold_outs_says_what_to_do(tmp_path):
+    # 10 images per class: a 20% test split leaves 8, too few for a 10% validation split
+    # with one image of each of 10 classes (scikit-learn's message named test_size).
+    write_pngs(tmp_path, [str(c) for c in range(10)], 10, size=4, mode="L")
+    with pytest.raises(DatasetFormatError, match="too few to hold out a stratified validation"):
+        load_dataset("image-folder", tmp_path, grayscale=True)
+    few = tmp_path / "few"
+    write_pngs(few, [str(c) for c in range(10)], 4, size=4, mode="L")
+    with pytest.raises(DatasetFormatError, match="stratified test split .*train/, val/ and test/"):
+        load_dataset("image-folder", few, grayscale=True)
 
 
 def test_image_folder_needs_a_root():

@@ -55,3 +55,22 @@ def test_the_package_ships_a_license_and_a_changelog():
     assert "## Unreleased" in changelog and "## 0.1.0" in changelog
     for cargo in (ROOT / "Cargo.toml", *sorted((ROOT / "rust").glob("*/Cargo.toml"))):
         assert "example.invalid" not in cargo.read_text(encoding="utf-8"), cargo
+
+
+def test_the_sdist_carries_every_file_the_readme_links_to():
+    # The wheel holds the package only; the README's links and `python examples/...` commands
+    # must at least resolve in the source distribution (maturin's `include` with format sdist).
+    tomllib = pytest.importorskip("tomllib")
+    maturin = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["maturin"]
+    included = {
+        path
+        for rule in maturin.get("include", [])
+        if rule.get("format") == "sdist"
+        for path in ROOT.glob(rule["path"])
+    }
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    wanted = [t for t in LINK.findall(readme) if "://" not in t]
+    wanted += re.findall(r"python (examples/\S+\.py)", readme)
+    assert wanted
+    for target in wanted:
+        assert ROOT / target in included, f"README names {target}, which the sdist lacks"

@@ -54,6 +54,7 @@ def _parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog=PROG, description="Dataset distillation with crucial "
                                      "samples (FRePo kernel loss + Infinite Semantic Augmentation).")
+    parser.add_argument("--version", action="version", version=f"{PROG} {_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = commands.add_parser("distill", help="distil a dataset (default: digits, IPC 10, CPU)")
@@ -195,6 +196,12 @@ def _parser() -> argparse.ArgumentParser:
 
     add_subcommands(commands)  # ablate, hardness, diversity, cross-arch, continual, mia
     return parser
+
+
+def _version() -> str:
+    from .runs import library_version
+
+    return library_version()
 
 
 def _positive_int(text: str) -> int:
@@ -352,6 +359,10 @@ def _distill_request(args: argparse.Namespace):
     config = preset_config(_dataset_name(args), args.preset or DEFAULT_PRESET,
                            **_config_flags(args))
     config = dataclasses.replace(config, device=_resolve_device(config.device))
+    if args.run_dir is not None:
+        from .runs import Run
+
+        Run.check_creatable(args.run_dir)  # before the data is loaded and the plan printed
     return config, None, args.run_dir or _default_run_dir(_dataset_name(args), config.ipc)
 
 

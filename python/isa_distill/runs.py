@@ -312,6 +312,15 @@ class Run:
     def create(cls, path: str | os.PathLike) -> Run:
         """A new run in ``path``, which must not exist or be an empty directory."""
         path = Path(path)
+        cls.check_creatable(path)
+        path.mkdir(parents=True, exist_ok=True)
+        return cls(path, {})
+
+    @staticmethod
+    def check_creatable(path: str | os.PathLike) -> None:
+        """``RunExistsError`` unless ``create(path)`` would succeed; changes nothing (the CLI
+        asks before it loads any data)."""
+        path = Path(path)
         blocking = next((part for part in (path, *path.parents) if part.exists()), None)
         if blocking is not None and not blocking.is_dir():
             where = f"{path} is a regular file" if blocking == path else (
@@ -323,8 +332,6 @@ class Run:
                 f"run directory {path} already exists and is not empty; resume it or choose "
                 "another run directory (nothing was changed)"
             )
-        path.mkdir(parents=True, exist_ok=True)
-        return cls(path, {})
 
     @classmethod
     def open(cls, path: str | os.PathLike) -> Run:

@@ -22,6 +22,7 @@ carved with a FIXED seed, so the test set never depends on ``seed``.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,9 +49,9 @@ FASHION_MNIST_LABELS = [
     "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
 ]  # fmt: skip
 _HOW_TO_GET = {
-    "mnist": "download the four *-ubyte.gz files from the MNIST page into one folder",
+    "mnist": "download the four *-ubyte.gz files from the MNIST page into {folder}",
     "fashion-mnist": "run `apt-get install dataset-fashion-mnist` (Debian) or download the four "
-    "*-ubyte.gz files from github.com/zalandoresearch/fashion-mnist into one folder",
+    "*-ubyte.gz files from github.com/zalandoresearch/fashion-mnist into {folder}",
     "cifar10": "download cifar-10-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html "
     "(the archive or its extracted cifar-10-batches-py folder both work)",
     "cifar100": "download cifar-100-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html "
@@ -136,8 +137,30 @@ def _locate(name: str, root: Path | None, names: ArgumentNames = PYTHON_NAMES) -
     looked = "\n  ".join(str(p) for p in candidates)
     elsewhere = f" (or set ISA_DISTILL_DATA to the folder holding it, or pass {names.root})"
     raise DatasetNotFoundError(
-        f"dataset {name!r} not found; looked in:\n  {looked}\nTo get it: {_HOW_TO_GET[name]}"
+        # The first place looked is where the files go (the last line alone, which `isa-distill
+        # info` shows, still says it).
+        f"dataset {name!r} not found; looked in:\n  {looked}\n"
+        f"To get it: {_HOW_TO_GET[name].format(folder=candidates[0])}"
         + ("" if root is not None else elsewhere)
+    )
+
+
+def _check_room_for(
+    name: str, root: Path | None, split: Split, size: object, num_classes: int, what: str
+) -> None:
+    """A stratified hold-out needs an image of every class on both sides; an image folder too
+    small for that is told what to do instead of getting scikit-learn's message."""
+    if name != "image-folder" or isinstance(size, bool) or not isinstance(size, (int, float)):
+        return  # bad sizes are stratified_holdout's to report
+    held = math.ceil(size * len(split)) if isinstance(size, float) else size
+    if held == 0 or min(held, len(split) - held) >= num_classes:
+        return
+    share = f"{size:.0%}" if isinstance(size, float) else str(size)
+    raise DatasetFormatError(
+        f"image folder {root}: {len(split)} images of {num_classes} classes are too few to hold "
+        f"out a stratified {what} split ({share} of them, with at least one image of every class "
+        f"on each side); add images, or give the folder train/, val/ and test/ sub-folders "
+        f"(each with the class sub-folders)"
     )
 
 
@@ -208,12 +231,14 @@ def load_dataset(
         _check_labels(split, len(class_names), f"{name} {split_name} split")
     train = splits["train"]
     if "test" not in splits:
+        _check_room_for(name, root, train, CARVED_TEST_FRACTION, len(class_names), "test")
         train, splits["test"] = stratified_holdout(
             train, CARVED_TEST_FRACTION, seed=CARVED_TEST_SEED, what="carved test split"
         )
     if "val" in splits:
         val = splits["val"]
     else:
+        _check_room_for(name, root, train, val_size, len(class_names), "validation")
         train, val = stratified_holdout(train, val_size, seed=seed)
     return DatasetSplits(name, train, val, splits["test"], list(class_names),
                          root=_root_to_record(name, root))

@@ -46,8 +46,12 @@ def _common(parser: argparse.ArgumentParser, *, dataset: bool = True) -> None:
 
 
 def _variants_option(parser: argparse.ArgumentParser, default: str) -> None:
-    parser.add_argument("--variants", nargs="+", help=f"variants to run (default: {default}); "
-                        "see docs/experiments/ablate.md for the list")
+    from .variants import VARIANTS
+
+    # The names here: a wheel user has no docs/ folder to look them up in.
+    parser.add_argument("--variants", nargs="+", metavar="VARIANT",
+                        help=f"variants to run, of {' '.join(VARIANTS)} (default: {default}); "
+                        "docs/experiments/ablate.md describes them")
 
 
 def _settings(args: argparse.Namespace):
