@@ -105,7 +105,7 @@ def test_distill_show_evaluate_resume_end_to_end(capsys, tmp_path):
     run_dir = tmp_path / "run"
     assert main(["distill", "--ipc", "1", "--steps", "3", "--run-dir", str(run_dir), *TINY]) == 0
     out = capsys.readouterr().out
-    assert "distilled (ISA eps=1, discard=0.2)" in out and "random subset" in out
+    assert "distilled (ISA eps=-1, discard=0.2)" in out and "random subset" in out
     for name in (DISTILLED, META, CHECKPOINT, "log.csv", "images.png", "curves.png"):
         assert (run_dir / name).is_file(), name
 
@@ -213,7 +213,7 @@ def test_random_source_with_formation_end_to_end(capsys, tmp_path):
     assert main(["distill", "--ipc", "1", "--steps", "2", "--run-dir", str(run_dir), *TINY,
                  "--source", "random", "--random-models", "2", "--random-width", "8",
                  "--random-depth", "2", "--formation", "2", "--krr-loss", "platt",
-                 "--no-label-margin"]) == 0  # fmt: skip
+                 "--epsilon", "1", "--no-label-margin"]) == 0  # fmt: skip
     out = capsys.readouterr().out
     assert "2 random ConvNets per step (width 8, depth 2)" in out
     assert "distilled (RFAD + ISA eps=1, discard=0.2, Platt, formation 2x2)" in out
@@ -280,7 +280,7 @@ def test_resume_refuses_changed_flags_naming_them(capsys, run_copy):
     assert resume(run_copy, "--dataset", "cifar10", "--epsilon", "0.5", "--width", "16") == 2
     line = error_line(capsys)
     assert "cannot resume" in line
-    for flag in ("--dataset cifar10 (the run has digits)", "--epsilon 0.5 (the run has 1.0)",
+    for flag in ("--dataset cifar10 (the run has digits)", "--epsilon 0.5 (the run has -1.0)",
                  "--width 16 (the run has 8)"):  # fmt: skip
         assert flag in line, flag
     assert "--steps" in line and "meta.json" in line  # what may change, where the settings are
@@ -291,7 +291,7 @@ def test_resume_refuses_changed_flags_naming_them(capsys, run_copy):
     assert resume(run_copy, "--flip", "--lr", "0.1") == 2
     line = error_line(capsys)
     assert "--flip (the run has --no-flip, the dataset's default)" in line
-    assert "--lr 0.1 (the run has 0.0003, the lamb default)" in line
+    assert "--lr 0.1 (the run has 0.001, the adam default)" in line
 
 
 def test_resume_accepts_the_original_flags_and_the_ones_that_may_change(capsys, run_copy):
