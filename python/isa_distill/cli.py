@@ -609,7 +609,8 @@ def _print_evaluation(run_dir: Path, data, args: argparse.Namespace, *, device: 
         return
     budget = f"{steps} steps" if steps else "protocol step budget"
     recipe = f"{args.eval_batches} batches, {args.select} weights"
-    print(f"\n{data.name}, IPC {ipc}: test accuracy over {args.eval_models} Conv-NN networks "
+    networks = "1 Conv-NN network" if args.eval_models == 1 else f"{args.eval_models} Conv-NN networks"
+    print(f"\n{data.name}, IPC {ipc}: test accuracy over {networks} "
           f"(width {config['width']}, depth {config['depth']}, {budget}, {recipe}; "
           f"{len(test)} test images)")
     width = max(len("training set"), *(len(name) for name, _, _ in rows))

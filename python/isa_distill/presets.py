@@ -12,11 +12,12 @@
 ``cpu``    Runs that finish in minutes on 2 CPU cores. Smaller network, smaller target batch
            and fewer steps; Adam 1e-3 in place of LAMB 3e-4 and ISA away from the partner
            (epsilon -1) with FRePo's 1/2-sum scale, as a paired-seed study on Fashion-MNIST
-           chose (docs/experiments/fidelity.md); the schedule and pool rule are the paper's. For ``digits`` (8x8 images) this is the default job of
-           ``isa-distill distill``: 1,500 steps of a width-32, depth-2 Conv-BN, evaluated with
-           500-step networks. Seed 0 gave test accuracy 93.4 +- 0.7 (distilled, IPC 10) vs
-           90.7 +- 1.0 (random class-balanced subset) vs 95.3 +- 1.1 (all 1,293 train images),
-           5 networks each; about 60 s of distillation on 2 idle cores.
+           chose (docs/experiments/fidelity.md); the schedule and pool rule are the paper's.
+           For ``digits`` (8x8 images) this is the default job of ``isa-distill distill``:
+           1,500 steps of a width-32, depth-2 Conv-BN, evaluated with 500-step networks. Seed
+           0 gave test accuracy 94.2 +- 1.0 (distilled, IPC 10) vs 91.3 +- 0.5 (random
+           class-balanced subset) vs 95.4 +- 1.1 (all 1,293 train images), 5 networks each
+           (2026-11-26).
 
 ``rfad``   RFAD (Loo et al. 2022) on a GPU, with the settings of its public code: every step
            8 fresh random ConvNets (3 blocks of 256 channels, no normalisation, Gaussian init;
