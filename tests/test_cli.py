@@ -66,7 +66,7 @@ def test_variants_help_names_every_variant(capsys, command):
 
 def test_too_large_ipc(capsys, tmp_path):
     assert main(["distill", "--ipc", "1000", "--run-dir", str(tmp_path / "r")]) == 2
-    assert "ipc=1000 is too large" in error_line(capsys)
+    assert "--ipc=1000 is too large" in error_line(capsys)
     assert not (tmp_path / "r").exists()
 
 
@@ -198,7 +198,7 @@ def test_source_and_formation_sizes_are_argparse_errors(capsys, tmp_path, flag, 
 
 @pytest.mark.parametrize(("flags", "message"), [
     (["--formation", "3"], "error: --formation 3: formation 3 does not divide the image size 8"),
-    (["--formation", "4", "--ipc", "10"], "ipc=10 is too large with formation 4"),
+    (["--formation", "4", "--ipc", "10"], "--ipc=10 is too large with formation 4"),
     (["--krr-loss", "platt", "--epsilon", "-1"], "krr_loss 'platt' needs epsilon in [0, 1]"),
     (["--source", "random", "--random-depth", "4"], "random_depth=4 is too deep for 8x8 images"),
 ])  # fmt: skip

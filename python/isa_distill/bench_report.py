@@ -294,7 +294,8 @@ def render(rows: list[Row], description: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m isa_distill.bench_report",
+                                     description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     parser.add_argument("--quick", action="store_true", help="fewer repeats, smaller shapes")
     parser.add_argument("--out", help="also write the table to this file")

@@ -335,7 +335,10 @@ def _check_data_fits(data, config) -> None:
         check_formation(config.formation, data.image_size)
     except ValueError as error:
         raise CliError(f"--formation {config.formation}: {error}") from error
-    check_ipc(data.train, config.ipc, data.num_classes, config.formation)
+    try:
+        check_ipc(data.train, config.ipc, data.num_classes, config.formation)
+    except ValueError as error:
+        raise CliError(_in_flag_words(error)) from error
 
 
 def _dataset_name(args: argparse.Namespace) -> str:

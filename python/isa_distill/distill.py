@@ -289,9 +289,10 @@ def check_ipc(train: Split, ipc: int, num_classes: int, formation: int = 1) -> N
         how = "" if formation == 1 else (
             f" with formation {formation} (its mosaics start from ipc x {formation}^2 = "
             f"{needed} real images per class)")
-        raise ValueError(
+        raise ConfigError(
+            "ipc",
             f"ipc={ipc} is too large{how}: the smallest class of the train split has {smallest} "
-            "images"
+            "images",
         )
 
 

@@ -329,8 +329,8 @@ class Run:
                                  "run directory (nothing was changed)")
         if path.exists() and any(path.iterdir()):
             raise RunExistsError(
-                f"run directory {path} already exists and is not empty; resume it or choose "
-                "another run directory (nothing was changed)"
+                f"run directory {path} already exists and is not empty; resume it (--resume; "
+                "resume=True in Python) or choose another run directory (nothing was changed)"
             )
 
     @classmethod
