@@ -216,3 +216,18 @@ def test_finite_inputs_give_finite_results_or_a_documented_error(
             return
     assert torch.isfinite(loss)
     assert all(torch.isfinite(leaf.grad).all() for leaf in leaves)
+
+
+def test_the_eager_finiteness_scan_is_exact_when_finite_values_overflow_the_sum():
+    # The sum-first shortcut must neither accept a NaN nor reject huge finite values.
+    from isa_distill._validate import first_nonfinite
+
+    huge = torch.full((4, 3), 3e38, dtype=torch.float32)  # finite; its sum overflows to inf
+    assert not torch.isfinite(huge.sum())
+    assert first_nonfinite({"a": torch.ones(2, 2), "huge": huge}) is None
+    with_nan = huge.clone()
+    with_nan[1, 2] = float("nan")
+    assert first_nonfinite({"a": torch.ones(2, 2), "b": with_nan, "c": with_nan}) == "b"
+    opposite = torch.tensor([float("inf"), float("-inf")])  # sums to NaN, still caught
+    assert first_nonfinite({"x": opposite}) == "x"
+    assert first_nonfinite({}) is None

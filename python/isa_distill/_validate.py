@@ -84,18 +84,30 @@ def check_float_tensors(tensors: Mapping[str, object]) -> torch.dtype:
     return first.dtype
 
 
-def check_finite(tensors: Mapping[str, Tensor]) -> None:
-    """Eager checks only: it reads every element (and synchronises a GPU).
+def first_nonfinite(tensors: Mapping[str, Tensor]) -> str | None:
+    """The name of the first tensor holding a NaN or Inf, or None. Eager: one host read.
 
-    A NaN or Inf anywhere makes the sum non-finite, so one allocation-free reduction clears the
-    common case; the exact element-wise scan runs only when the sum is not finite (which also
-    happens when large finite values overflow it).
+    A NaN or Inf anywhere makes a tensor's sum non-finite, so one allocation-free reduction per
+    tensor clears the common case (an element-wise isfinite allocates a mask as large as the
+    tensor and took half of a backward's time); the exact scan runs only for tensors whose sum
+    is not finite, which also happens when large finite values overflow it.
     """
+    if not tensors:
+        return None
+    sums = torch.stack([tensor.sum().to(torch.float64) for tensor in tensors.values()])
+    if bool(torch.isfinite(sums).all()):
+        return None
     for name, tensor in tensors.items():
-        if bool(torch.isfinite(tensor.sum())):
-            continue
         if not bool(torch.isfinite(tensor).all()):
-            raise ValueError(f"{name} contains NaN or Inf; all inputs must be finite")
+            return name
+    return None
+
+
+def check_finite(tensors: Mapping[str, Tensor]) -> None:
+    """Eager checks only: it reads every element (and synchronises a GPU)."""
+    name = first_nonfinite(tensors)
+    if name is not None:
+        raise ValueError(f"{name} contains NaN or Inf; all inputs must be finite")
 
 
 def check_support(support_features: Tensor, support_labels: Tensor) -> tuple[int, int, int]:

@@ -17,7 +17,7 @@ from types import ModuleType
 import torch
 from torch import Tensor
 
-from . import _torch_backend
+from . import _torch_backend, _validate
 from ._torch_backend import kept_count, uses_primal
 from ._validate import VMAP_UNSUPPORTED
 
@@ -194,12 +194,8 @@ def _isa_krr_setup_context(ctx, inputs, output) -> None:
 
 def _check_gradients(grads: tuple[Tensor | None, ...], names: tuple[str, ...], where: str) -> None:
     """Eager checks: raise if a finite loss produced a NaN or Inf gradient (one host sync)."""
-    named = [(name, g) for name, g in zip(names, grads) if g is not None]
-    if not named:
-        return
-    bad = torch.stack([~torch.isfinite(g).all() for _, g in named])
-    if bool(bad.any()):
-        name = named[int(bad.to(torch.uint8).argmax())][0]
+    name = _validate.first_nonfinite({n: g for n, g in zip(names, grads) if g is not None})
+    if name is not None:
         raise FloatingPointError(
             f"{where}: the gradient of {name} is NaN or Inf although every input is finite: "
             "the backward overflowed; rescale the features or labels (e.g. normalise them)"

@@ -34,40 +34,128 @@ pub(crate) fn nearest_partners<T: Float>(features: MatView<'_, T>, kept: &[usize
         return kept.to_vec();
     }
     let rows: Vec<&[T]> = kept.iter().map(|&i| features.row(i)).collect();
-    let inverse_norms: Vec<f64> = rows.iter().map(|row| inverse_norm(row)).collect();
-    let units = unit_rows(&rows, &inverse_norms);
+    let scales: Vec<RowScale> = rows.iter().map(|row| RowScale::of(row)).collect();
+    let units = unit_rows(&rows, &scales);
     let width = 2.0 * product_error_bound::<T>(features.cols()) + TIE_TOLERANCE;
     let shortlists = shortlists(&units, width);
     scratch::recycle(units.data);
     (0..n)
         .map(|r| {
-            let best = if inverse_norms[r] == 0.0 {
+            let best = if scales[r].inverse_scaled_norm == 0.0 {
                 // Similarity 0 with every other target: the tie goes to the lowest index.
                 usize::from(r == 0)
             } else {
-                rescore(&rows, &inverse_norms, r, &shortlists[r])
+                rescore(&rows, &scales, r, &shortlists[r])
             };
             kept[best]
         })
         .collect()
 }
 
-/// 1 / ||x|| in f64 without under- or overflow (0 for a zero vector).
-fn inverse_norm<T: Float>(row: &[T]) -> f64 {
-    let largest = row.iter().fold(0.0f64, |m, &x| m.max(x.to_f64().abs()));
-    if largest == 0.0 {
-        return 0.0;
+/// Lanes of the f64 reductions below: independent partial sums (or maxima) that the compiler
+/// turns into SIMD registers; a single running sum would force one element at a time.
+const LANES: usize = 8;
+
+/// How a row is brought to unit length without under- or overflow: first by a power of two
+/// (`exact`, which changes no bit of the mantissas), bringing the largest magnitude into
+/// [1, 2) (below 1 for f64 rows of subnormal numbers only), then by the norm of the rescaled
+/// row.
+#[derive(Clone, Copy)]
+struct RowScale {
+    /// The power of two applied first.
+    exact: f64,
+    /// 1 / ||exact * row|| (0 for a zero vector).
+    inverse_scaled_norm: f64,
+}
+
+impl RowScale {
+    fn of<T: Float>(row: &[T]) -> Self {
+        let largest = max_abs(row);
+        if largest == 0.0 || !largest.is_finite() {
+            return RowScale {
+                exact: 0.0,
+                inverse_scaled_norm: 0.0,
+            };
+        }
+        let exact = inverse_power_of_two_below(largest);
+        RowScale {
+            exact,
+            inverse_scaled_norm: sum_of_squares(row, exact).sqrt().recip(),
+        }
     }
-    let scaled: f64 = row.iter().map(|&x| (x.to_f64() / largest).powi(2)).sum();
-    1.0 / (largest * scaled.sqrt())
+}
+
+/// 1 / p for the largest power of two p <= `x` (x positive and finite), capped at 2^1023
+/// (the largest finite power of two) for subnormal x.
+fn inverse_power_of_two_below(x: f64) -> f64 {
+    let mut exponent = x.log2().floor() as i32;
+    // log2 rounds: step once if it overshot or undershot.
+    if 2f64.powi(exponent) > x {
+        exponent -= 1;
+    } else if 2f64.powi(exponent + 1) <= x {
+        exponent += 1;
+    }
+    2f64.powi((-exponent).min(1023))
+}
+
+/// max |x| in f64, LANES maxima at a time.
+fn max_abs<T: Float>(row: &[T]) -> f64 {
+    let mut lanes = [0.0f64; LANES];
+    let chunks = row.chunks_exact(LANES);
+    let tail = chunks.remainder();
+    for chunk in chunks {
+        for (m, &x) in lanes.iter_mut().zip(chunk) {
+            *m = m.max(x.to_f64().abs());
+        }
+    }
+    let head = lanes.iter().fold(0.0f64, |m, &x| m.max(x));
+    tail.iter().fold(head, |m, &x| m.max(x.to_f64().abs()))
+}
+
+/// sum (scale x)^2 in f64, LANES partial sums.
+fn sum_of_squares<T: Float>(row: &[T], scale: f64) -> f64 {
+    let mut lanes = [0.0f64; LANES];
+    let chunks = row.chunks_exact(LANES);
+    let tail = chunks.remainder();
+    for chunk in chunks {
+        for (s, &x) in lanes.iter_mut().zip(chunk) {
+            let y = x.to_f64() * scale;
+            *s += y * y;
+        }
+    }
+    let tail: f64 = tail.iter().map(|&x| (x.to_f64() * scale).powi(2)).sum();
+    lanes.iter().sum::<f64>() + tail
+}
+
+/// sum (a_scale a_i)(b_scale b_i) in f64, LANES partial sums; the scales are powers of two, so
+/// the products cannot overflow.
+fn scaled_dot<T: Float>(a: &[T], a_scale: f64, b: &[T], b_scale: f64) -> f64 {
+    let mut lanes = [0.0f64; LANES];
+    let (a_chunks, b_chunks) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let (a_tail, b_tail) = (a_chunks.remainder(), b_chunks.remainder());
+    for (x, y) in a_chunks.zip(b_chunks) {
+        for ((s, &x), &y) in lanes.iter_mut().zip(x).zip(y) {
+            *s += (x.to_f64() * a_scale) * (y.to_f64() * b_scale);
+        }
+    }
+    let tail: f64 = a_tail
+        .iter()
+        .zip(b_tail)
+        .map(|(&x, &y)| (x.to_f64() * a_scale) * (y.to_f64() * b_scale))
+        .sum();
+    lanes.iter().sum::<f64>() + tail
 }
 
 /// The rows scaled to unit length (computed in f64, rounded to the input type).
-fn unit_rows<T: Float>(rows: &[&[T]], inverse_norms: &[f64]) -> RowMajor<T> {
+fn unit_rows<T: Float>(rows: &[&[T]], scales: &[RowScale]) -> RowMajor<T> {
     let cols = rows[0].len();
     let mut data = scratch::buffer(rows.len() * cols);
-    for (row, &inverse) in rows.iter().zip(inverse_norms) {
-        data.extend(row.iter().map(|&x| T::from_f64(x.to_f64() * inverse)));
+    for (row, scale) in rows.iter().zip(scales) {
+        let (exact, inverse) = (scale.exact, scale.inverse_scaled_norm);
+        data.extend(
+            row.iter()
+                .map(|&x| T::from_f64(x.to_f64() * exact * inverse)),
+        );
     }
     RowMajor {
         data,
@@ -141,17 +229,17 @@ fn shortlists<T: Float>(units: &RowMajor<T>, width: f64) -> Vec<Shortlist> {
 
 /// The best column of row `r`'s shortlist by the exact f64 similarity; ties (within
 /// [`TIE_TOLERANCE`]) go to the lowest index.
-fn rescore<T: Float>(rows: &[&[T]], inverse_norms: &[f64], r: usize, list: &Shortlist) -> usize {
+fn rescore<T: Float>(rows: &[&[T]], scales: &[RowScale], r: usize, list: &Shortlist) -> usize {
+    let (a, b) = (scales[r], rows[r]);
     let exact: Vec<(f64, usize)> = list
         .columns
         .iter()
         .map(|&(_, c)| {
-            let dot: f64 = rows[r]
-                .iter()
-                .zip(rows[c])
-                .map(|(&x, &y)| (x.to_f64() * inverse_norms[r]) * (y.to_f64() * inverse_norms[c]))
-                .sum();
-            (dot, c)
+            let dot = scaled_dot(b, a.exact, rows[c], scales[c].exact);
+            (
+                dot * a.inverse_scaled_norm * scales[c].inverse_scaled_norm,
+                c,
+            )
         })
         .collect();
     let best = exact.iter().fold(f64::NEG_INFINITY, |m, &(s, _)| m.max(s));
@@ -165,7 +253,10 @@ fn rescore<T: Float>(rows: &[&[T]], inverse_norms: &[f64], r: usize, list: &Shor
 
 #[cfg(test)]
 mod tests {
-    use super::{nearest_partners, product_error_bound, TIE_TOLERANCE};
+    use super::{
+        inverse_power_of_two_below, nearest_partners, product_error_bound, scaled_dot,
+        TIE_TOLERANCE,
+    };
     use crate::matrix::MatView;
 
     /// The rule spelled out: f64 unit vectors, all pairs, ties to the lowest index.
@@ -269,5 +360,52 @@ mod tests {
         assert!(product_error_bound::<f32>(8192) > product_error_bound::<f32>(16));
         assert!(product_error_bound::<f64>(8192) < 1e-11);
         assert!(product_error_bound::<f32>(8192) < 1e-3);
+    }
+
+    #[test]
+    fn rows_are_scaled_by_exact_powers_of_two() {
+        for x in [
+            1.0,
+            2.0,
+            3.0,
+            0.75,
+            1e-300,
+            1e300,
+            f64::MAX,
+            f64::MIN_POSITIVE,
+            1e-45,
+        ] {
+            let scaled = x * inverse_power_of_two_below(x);
+            assert!((1.0..2.0).contains(&scaled), "{x} -> {scaled}");
+        }
+        // A subnormal largest value: the largest finite power of two, no overflow.
+        assert_eq!(inverse_power_of_two_below(1e-310), 2f64.powi(1023));
+    }
+
+    #[test]
+    fn the_lane_dot_product_matches_a_plain_sum_at_every_length() {
+        for d in [1, 7, 8, 9, 63, 1000] {
+            let a = pseudo_random(1, d, 3);
+            let b = pseudo_random(1, d, 4);
+            let plain: f64 = a.iter().zip(&b).map(|(x, y)| 4.0 * x * (0.5 * y)).sum();
+            assert!(
+                (scaled_dot(&a, 4.0, &b, 0.5) - plain).abs() < 1e-12,
+                "d = {d}"
+            );
+        }
+    }
+
+    #[test]
+    fn subnormal_and_huge_f64_rows_have_the_partners_of_their_scaled_copies() {
+        let (n, d) = (40, 24);
+        let data = pseudo_random(n, d, 11);
+        let kept: Vec<usize> = (0..n).collect();
+        let want = nearest_partners(MatView::new("f", &data, n, d).unwrap(), &kept);
+        // 2^-1030: every value subnormal (a few low bits lost); 2^1000: near the f64 maximum.
+        for scale in [2f64.powi(-515) * 2f64.powi(-515), 2f64.powi(1000)] {
+            let scaled: Vec<f64> = data.iter().map(|x| x * scale).collect();
+            let got = nearest_partners(MatView::new("f", &scaled, n, d).unwrap(), &kept);
+            assert_eq!(got, want, "scale {scale:e}");
+        }
     }
 }
