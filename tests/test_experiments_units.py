@@ -254,9 +254,9 @@ def test_fidelity_variants_pin_their_semantics_under_every_preset(name, epsilon,
 
 def test_experiment_optimizer_and_lr_reach_the_distillation_config():
     default = distill_config(experiment_settings("cpu"), 0)
-    assert (default.optimizer, default.peak_lr) == ("lamb", 3e-4)  # the cpu preset's
-    adam = distill_config(experiment_settings("cpu", optimizer="adam"), 0)
-    assert (adam.optimizer, adam.peak_lr) == ("adam", 1e-3)  # Adam's default rate
+    assert (default.optimizer, default.peak_lr) == ("adam", 1e-3)  # the cpu preset's
+    lamb = distill_config(experiment_settings("cpu", optimizer="lamb"), 0)
+    assert (lamb.optimizer, lamb.peak_lr) == ("lamb", 3e-4)  # LAMB's default rate
     tuned = distill_config(experiment_settings("cpu", optimizer="lamb", lr=1e-3), 0)
     assert (tuned.optimizer, tuned.peak_lr) == ("lamb", 1e-3)
     # A variant's own override wins over the experiment's setting.
