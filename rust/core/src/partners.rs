@@ -15,6 +15,7 @@
 //! shortlist is usually one or two columns long.
 
 use faer::Accum;
+use rayon::prelude::*;
 
 use crate::krr::par;
 use crate::matrix::{Float, MatView, RowMajor};
@@ -34,12 +35,14 @@ pub(crate) fn nearest_partners<T: Float>(features: MatView<'_, T>, kept: &[usize
         return kept.to_vec();
     }
     let rows: Vec<&[T]> = kept.iter().map(|&i| features.row(i)).collect();
-    let scales: Vec<RowScale> = rows.iter().map(|row| RowScale::of(row)).collect();
+    // Row-wise passes over n_keep x d values: shared by the call's threads like the products.
+    let scales: Vec<RowScale> = rows.par_iter().map(|row| RowScale::of(row)).collect();
     let units = unit_rows(&rows, &scales);
     let width = 2.0 * product_error_bound::<T>(features.cols()) + TIE_TOLERANCE;
     let shortlists = shortlists(&units, width);
     scratch::recycle(units.data);
     (0..n)
+        .into_par_iter()
         .map(|r| {
             let best = if scales[r].inverse_scaled_norm == 0.0 {
                 // Similarity 0 with every other target: the tie goes to the lowest index.
@@ -150,13 +153,15 @@ fn scaled_dot<T: Float>(a: &[T], a_scale: f64, b: &[T], b_scale: f64) -> f64 {
 fn unit_rows<T: Float>(rows: &[&[T]], scales: &[RowScale]) -> RowMajor<T> {
     let cols = rows[0].len();
     let mut data = scratch::buffer(rows.len() * cols);
-    for (row, scale) in rows.iter().zip(scales) {
-        let (exact, inverse) = (scale.exact, scale.inverse_scaled_norm);
-        data.extend(
-            row.iter()
-                .map(|&x| T::from_f64(x.to_f64() * exact * inverse)),
-        );
-    }
+    data.resize(rows.len() * cols, T::from_f64(0.0));
+    data.par_chunks_mut(cols)
+        .zip(rows.par_iter().zip(scales.par_iter()))
+        .for_each(|(out, (row, scale))| {
+            let (exact, inverse) = (scale.exact, scale.inverse_scaled_norm);
+            for (o, &x) in out.iter_mut().zip(row.iter()) {
+                *o = T::from_f64(x.to_f64() * exact * inverse);
+            }
+        });
     RowMajor {
         data,
         rows: rows.len(),
