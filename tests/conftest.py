@@ -119,3 +119,22 @@ def tiny_config(**overrides):
         online_batch=12, log_every=1, checkpoint_every=2, val_every=0, val_steps=5,
     )  # fmt: skip
     return DistillConfig(**{**values, **overrides})
+
+
+
+def kill_in_step(monkeypatch, step: int) -> None:
+    """Make the ``step``-th outer step (1-based) from now raise RuntimeError("simulated kill"),
+    like a process killed mid-run; the real step is back for whatever runs after it."""
+    from isa_distill import distill as distill_module
+
+    real_step = distill_module.OuterStep.__call__
+    calls = {"n": 0}
+
+    def dying_step(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == step:
+            monkeypatch.setattr(distill_module.OuterStep, "__call__", real_step)
+            raise RuntimeError("simulated kill")
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(distill_module.OuterStep, "__call__", dying_step)

@@ -8,9 +8,8 @@ import math
 
 import pytest
 import torch
-from conftest import tiny_config
+from conftest import kill_in_step, tiny_config
 
-from isa_distill import distill as distill_module
 from isa_distill import runs
 from isa_distill.data import DatasetSplits, class_balanced_subset
 from isa_distill.data.preprocess import Preprocessor
@@ -163,19 +162,9 @@ def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(tiny_digits, tm
     whole = distill(tiny_digits, config, run_dir=tmp_path / "whole", progress=False)
 
     # Kill the second run inside step 6 (after the checkpoint at step 4): steps 5-6 are lost.
-    real_step = distill_module.OuterStep.__call__
-    calls = {"n": 0}
-
-    def dying_step(self, *args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 6:
-            raise RuntimeError("simulated kill")
-        return real_step(self, *args, **kwargs)
-
-    monkeypatch.setattr(distill_module.OuterStep, "__call__", dying_step)
+    kill_in_step(monkeypatch, 6)
     with pytest.raises(RuntimeError, match="simulated kill"):
         distill(tiny_digits, config, run_dir=tmp_path / "killed", progress=False)
-    monkeypatch.setattr(distill_module.OuterStep, "__call__", real_step)
     checkpoint = torch.load(tmp_path / "killed" / CHECKPOINT, weights_only=True)
     assert checkpoint["step"] == 4
 
@@ -266,20 +255,6 @@ def flip_byte_inside(path, tensor: torch.Tensor) -> None:
     assert start >= 0, "the tensor's bytes are not stored contiguously"
     data[start + tensor.numel() * tensor.element_size() // 2] ^= 0x10
     path.write_bytes(bytes(data))
-
-
-def kill_in_step(monkeypatch, step: int) -> None:
-    """Make the ``step``-th outer step (1-based) of the next run raise."""
-    real_step = distill_module.OuterStep.__call__
-    calls = {"n": 0}
-
-    def dying_step(self, *args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == step:
-            raise RuntimeError("simulated kill")
-        return real_step(self, *args, **kwargs)
-
-    monkeypatch.setattr(distill_module.OuterStep, "__call__", dying_step)
 
 
 def test_resume_without_a_checkpoint_says_so_instead_of_restarting(tiny_digits, tmp_path,

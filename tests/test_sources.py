@@ -6,9 +6,8 @@ import math
 
 import pytest
 import torch
-from conftest import tiny_config
+from conftest import kill_in_step, tiny_config
 
-from isa_distill import distill as distill_module
 from isa_distill.distill import DistillConfig, distill, make_generators
 from isa_distill.draws import draw_seed
 from isa_distill.functional import isa_krr_loss, krr_predict
@@ -104,19 +103,9 @@ def test_a_random_source_run_resumes_exactly(tiny_digits, tmp_path, monkeypatch)
                          progress=False)
     assert not torch.equal(whole.images, other_seed.images)
 
-    real_step = distill_module.OuterStep.__call__
-    calls = {"n": 0}
-
-    def dying_step(self, *args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 6:
-            raise RuntimeError("simulated kill")
-        return real_step(self, *args, **kwargs)
-
-    monkeypatch.setattr(distill_module.OuterStep, "__call__", dying_step)
+    kill_in_step(monkeypatch, 6)
     with pytest.raises(RuntimeError, match="simulated kill"):
         distill(tiny_digits, config, run_dir=tmp_path / "killed", progress=False)
-    monkeypatch.setattr(distill_module.OuterStep, "__call__", real_step)
     checkpoint = torch.load(tmp_path / "killed" / CHECKPOINT, weights_only=True)
     assert checkpoint["step"] == 4 and checkpoint["pool"] == []
     assert checkpoint["log_temperature"].shape == ()

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ..runs import atomic_write_text
-from .output import csv_text, new_figure, write_plot, write_table
+from .output import csv_text, new_figure, paired_difference_bars, write_plot, write_table
 from .pipeline import distill_config, distill_variant, evaluate, load_data, preprocessed
 from .settings import ExperimentSettings
 from .stats import mean_std, paired_difference
@@ -174,13 +174,7 @@ def _bar_plot(rows: list[dict], settings: ExperimentSettings):
     accuracy_axis.set_ylim(max(0.0, low - 5), None)
     accuracy_axis.set_ylabel("test accuracy (%)")
     accuracy_axis.set_title(f"{settings.dataset}, IPC {settings.ipc}: mean +- std over seeds")
-    diffs = [100 * r["diff_vs_baseline"] for r in rows]
-    errors = [[100 * (r["diff_vs_baseline"] - r["ci95_low"]) for r in rows],
-              [100 * (r["ci95_high"] - r["diff_vs_baseline"]) for r in rows]]
-    errors = [[0.0 if e != e else e for e in side] for side in errors]  # NaN (1 seed): no bar
-    diff_axis.bar(names, diffs, yerr=errors, capsize=3,
-                  color=["tab:green" if d >= 0 else "tab:red" for d in diffs])
-    diff_axis.axhline(0.0, color="black", linewidth=0.8)
+    paired_difference_bars(diff_axis, names, rows, "diff_vs_baseline")
     diff_axis.set_ylabel("paired difference vs baseline (points)")
     diff_axis.set_title("mean paired difference, 95% CI")
     for axis in (accuracy_axis, diff_axis):

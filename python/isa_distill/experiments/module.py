@@ -29,7 +29,8 @@ from typing import Any
 
 from ..distill import distill
 from ..runs import atomic_write_text
-from .output import new_figure, write_plot, write_table
+from .names import resolve_names
+from .output import new_figure, paired_difference_bars, write_plot, write_table
 from .pipeline import distill_config, evaluate, load_data, preprocessed
 from .settings import ExperimentSettings
 from .stats import mean_std, paired_difference
@@ -69,15 +70,7 @@ ARM_COLUMNS = ("arm", "description", "ipc", "formation", "training_images_per_cl
 
 def resolve_arms(names: list[str] | tuple[str, ...] | None) -> list[Arm]:
     """The arms named (None: all), checked before any work."""
-    names = tuple(ARMS) if names is None else tuple(names)
-    if not names:
-        raise ValueError("arms must name at least one arm")
-    unknown = [n for n in names if n not in ARMS]
-    if unknown:
-        raise ValueError(f"unknown arms {unknown}; known: {', '.join(ARMS)}")
-    if len(set(names)) != len(names):
-        raise ValueError(f"arms must be distinct, got {list(names)}")
-    return [ARMS[n] for n in names]
+    return resolve_names(names, ARMS, "arm")
 
 
 def arm_overrides(arm: Arm, settings: ExperimentSettings,
@@ -216,14 +209,7 @@ def _title(settings: ExperimentSettings, overrides: dict[str, Any]) -> str:
 
 def _plot(rows: list[dict], settings: ExperimentSettings):
     figure, (axis,) = new_figure(1, width=7.0)
-    names = [r["comparison"] for r in rows]
-    diffs = [100 * r["diff"] for r in rows]
-    errors = [[100 * (r["diff"] - r["ci95_low"]) for r in rows],
-              [100 * (r["ci95_high"] - r["diff"]) for r in rows]]
-    errors = [[0.0 if e != e else e for e in side] for side in errors]  # NaN (1 seed): no bar
-    axis.bar(names, diffs, yerr=errors, capsize=3,
-             color=["tab:green" if d >= 0 else "tab:red" for d in diffs])
-    axis.axhline(0.0, color="black", linewidth=0.8)
+    paired_difference_bars(axis, [r["comparison"] for r in rows], rows, "diff")
     axis.set_ylabel("paired difference (points)")
     axis.set_title(f"{settings.dataset}, IPC {settings.ipc}: mean paired difference, 95% CI")
     axis.tick_params(axis="x", rotation=30)

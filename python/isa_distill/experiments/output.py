@@ -80,3 +80,15 @@ def new_figure(ncols: int = 1, *, width: float = 6.0, height: float = 4.0):
     """A figure with ``ncols`` side-by-side axes (always returned as a list)."""
     figure, axes = plt.subplots(1, ncols, figsize=(width * ncols, height), squeeze=False)
     return figure, list(axes[0])
+
+
+def paired_difference_bars(axis, names: list[str], rows: list[dict], diff_key: str) -> None:
+    """Bars of each row's mean paired difference (``diff_key``, a fraction) in points, with its
+    95% interval (``ci95_low`` / ``ci95_high``) as error bars; green above zero, red below."""
+    diffs = [100 * r[diff_key] for r in rows]
+    errors = [[100 * (r[diff_key] - r["ci95_low"]) for r in rows],
+              [100 * (r["ci95_high"] - r[diff_key]) for r in rows]]
+    errors = [[0.0 if e != e else e for e in side] for side in errors]  # NaN (1 seed): no bar
+    axis.bar(names, diffs, yerr=errors, capsize=3,
+             color=["tab:green" if d >= 0 else "tab:red" for d in diffs])
+    axis.axhline(0.0, color="black", linewidth=0.8)

@@ -25,6 +25,7 @@ import torch
 
 from ..baselines import monte_carlo_isa_loss
 from ..functional import isa_krr_loss
+from .names import resolve_names
 
 
 @dataclass(frozen=True)
@@ -147,13 +148,4 @@ FIDELITY_VARIANTS = ("baseline", "discard-only", "isa-towards", "isa-away", "isa
 
 def resolve_variants(names: list[str] | tuple[str, ...] | None) -> list[Variant]:
     """Variant objects for ``names`` (None: every variant), checked before any work."""
-    if names is None:
-        names = tuple(VARIANTS)
-    if not names:
-        raise ValueError("variants must name at least one variant")
-    unknown = [n for n in names if n not in VARIANTS]
-    if unknown:
-        raise ValueError(f"unknown variants {unknown}; known: {', '.join(VARIANTS)}")
-    if len(set(names)) != len(names):
-        raise ValueError(f"variants must be distinct, got {list(names)}")
-    return [VARIANTS[n] for n in names]
+    return resolve_names(names, VARIANTS, "variant")
