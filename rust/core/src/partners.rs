@@ -83,7 +83,7 @@ impl RowScale {
         let exact = inverse_power_of_two_below(largest);
         RowScale {
             exact,
-            inverse_scaled_norm: sum_of_squares(row, exact).sqrt().recip(),
+            inverse_scaled_norm: scaled_dot(row, exact, row, exact).sqrt().recip(),
         }
     }
 }
@@ -113,21 +113,6 @@ fn max_abs<T: Float>(row: &[T]) -> f64 {
     }
     let head = lanes.iter().fold(0.0f64, |m, &x| m.max(x));
     tail.iter().fold(head, |m, &x| m.max(x.to_f64().abs()))
-}
-
-/// sum (scale x)^2 in f64, LANES partial sums.
-fn sum_of_squares<T: Float>(row: &[T], scale: f64) -> f64 {
-    let mut lanes = [0.0f64; LANES];
-    let chunks = row.chunks_exact(LANES);
-    let tail = chunks.remainder();
-    for chunk in chunks {
-        for (s, &x) in lanes.iter_mut().zip(chunk) {
-            let y = x.to_f64() * scale;
-            *s += y * y;
-        }
-    }
-    let tail: f64 = tail.iter().map(|&x| (x.to_f64() * scale).powi(2)).sum();
-    lanes.iter().sum::<f64>() + tail
 }
 
 /// sum (a_scale a_i)(b_scale b_i) in f64, LANES partial sums; the scales are powers of two, so
