@@ -183,3 +183,33 @@ def test_the_target_gradient_is_computed_only_when_wanted(backend, monkeypatch):
     isa_krr_loss(*all_leaves.tensors, backend=backend).backward()
     assert flags == [False, True]
     assert all_leaves.target_features.grad.shape == ft.shape
+
+
+def test_the_bindings_read_any_memory_layout_alike():
+    """The native kernel reads C-ordered arrays in place and copies others (Fortran order,
+    strided views) into row-major order: the results must not depend on which."""
+    pytest.importorskip("isa_distill._core")
+    import numpy as np
+
+    from isa_distill import _core
+
+    problem = random_problem(12, 7, 9, 3, seed=4)
+    arrays = [t.numpy() for t in problem.tensors]
+    fortran = [np.asfortranarray(a) for a in arrays]
+    strided = [np.repeat(a, 2, axis=1)[:, ::2] for a in arrays]
+    assert not fortran[0].flags.c_contiguous and not strided[2].flags.c_contiguous
+    options = dict(reg=1e-2, discard=0.2, epsilon=0.5, threads=1)
+    no_partners = np.empty(0, dtype=np.int64)
+    want = _core.isa_krr_forward(*arrays, no_partners, **options)
+    for layout in (fortran, strided):
+        got = _core.isa_krr_forward(*layout, no_partners, **options)
+        for w, g in zip(want[:-1], got[:-1]):
+            np.testing.assert_array_equal(w, g)
+        assert want[-1] == got[-1]
+    ones = np.ones(arrays[2].shape[0], dtype=arrays[0].dtype)
+    grads = _core.isa_krr_backward(*arrays, ones, *want[2:7],
+                                   lam=want[-1], reg_mode="trace", epsilon=0.5, threads=1)
+    again = _core.isa_krr_backward(*fortran, ones, *want[2:7],
+                                   lam=want[-1], reg_mode="trace", epsilon=0.5, threads=1)
+    for w, g in zip(grads, again):
+        np.testing.assert_array_equal(w, g)

@@ -21,6 +21,7 @@ mod isa;
 mod krr;
 mod matrix;
 mod options;
+mod pages;
 pub mod partners;
 pub mod scratch;
 mod validate;

@@ -8,6 +8,7 @@ use std::fmt::Debug;
 use std::ops::{Add, AddAssign, Div, Mul, Neg, Sub, SubAssign};
 
 use faer::{MatMut, MatRef};
+use rayon::prelude::*;
 
 use crate::error::{CoreError, Result};
 
@@ -137,7 +138,7 @@ pub struct RowMajor<T> {
 impl<T: Float> RowMajor<T> {
     pub fn zeros(rows: usize, cols: usize) -> Self {
         Self {
-            data: vec![T::from_f64(0.0); rows * cols],
+            data: crate::pages::zeroed(T::from_f64(0.0), rows * cols),
             rows,
             cols,
         }
@@ -217,9 +218,12 @@ impl<T: Float> FactorView<'_, T> {
 
 /// True when no value is NaN or infinite. Branch-free inside each chunk so the compiler
 /// vectorises it (1.0 ms instead of `iter().all`'s 2.3 ms on a 32 MB feature matrix), early
-/// exit between chunks.
+/// exit between chunks, and large inputs split among the call's threads.
 pub(crate) fn all_finite<T: Float>(values: &[T]) -> bool {
-    values
-        .chunks(256)
-        .all(|chunk| chunk.iter().fold(true, |ok, x| ok & x.finite()))
+    let chunk_finite = |chunk: &[T]| {
+        chunk
+            .chunks(256)
+            .all(|piece| piece.iter().fold(true, |ok, x| ok & x.finite()))
+    };
+    values.par_chunks(1 << 16).all(chunk_finite)
 }

@@ -35,9 +35,7 @@ pub(crate) fn nearest_partners<T: Float>(features: MatView<'_, T>, kept: &[usize
         return kept.to_vec();
     }
     let rows: Vec<&[T]> = kept.iter().map(|&i| features.row(i)).collect();
-    // Row-wise passes over n_keep x d values: shared by the call's threads like the products.
-    let scales: Vec<RowScale> = rows.par_iter().map(|row| RowScale::of(row)).collect();
-    let units = unit_rows(&rows, &scales);
+    let (scales, units) = unit_rows(&rows);
     let width = 2.0 * product_error_bound::<T>(features.cols()) + TIE_TOLERANCE;
     let shortlists = shortlists(&units, width);
     scratch::recycle(units.data);
@@ -134,24 +132,30 @@ fn scaled_dot<T: Float>(a: &[T], a_scale: f64, b: &[T], b_scale: f64) -> f64 {
     lanes.iter().sum::<f64>() + tail
 }
 
-/// The rows scaled to unit length (computed in f64, rounded to the input type).
-fn unit_rows<T: Float>(rows: &[&[T]], scales: &[RowScale]) -> RowMajor<T> {
+/// Each row's [`RowScale`] and the rows scaled to unit length (computed in f64, rounded to the
+/// input type), in one parallel pass while each row is in cache.
+fn unit_rows<T: Float>(rows: &[&[T]]) -> (Vec<RowScale>, RowMajor<T>) {
     let cols = rows[0].len();
-    let mut data = scratch::buffer(rows.len() * cols);
-    data.resize(rows.len() * cols, T::from_f64(0.0));
-    data.par_chunks_mut(cols)
-        .zip(rows.par_iter().zip(scales.par_iter()))
-        .for_each(|(out, (row, scale))| {
+    let mut data = scratch::overwritable(rows.len() * cols);
+    let scales = data
+        .par_chunks_mut(cols)
+        .zip(rows.par_iter())
+        .map(|(out, row)| {
+            let scale = RowScale::of(row);
+            // Two products, not one by exact * inverse: that could overflow for subnormal rows.
             let (exact, inverse) = (scale.exact, scale.inverse_scaled_norm);
             for (o, &x) in out.iter_mut().zip(row.iter()) {
                 *o = T::from_f64(x.to_f64() * exact * inverse);
             }
-        });
-    RowMajor {
+            scale
+        })
+        .collect();
+    let units = RowMajor {
         data,
         rows: rows.len(),
         cols,
-    }
+    };
+    (scales, units)
 }
 
 /// How far a similarity of unit vectors computed in type `T` may be from its f64 value:
@@ -182,29 +186,42 @@ impl Shortlist {
     }
 }
 
-/// Every row's shortlist from the type-`T` similarities of the lower triangle, in strips of
-/// [`BLOCK`] rows against all columns before the strip's end (few large products run far
-/// faster than many small ones); each product (r, c), c < r, is offered to both rows.
+/// Every row's shortlist from the type-`T` similarities of the strict lower triangle, in
+/// strips of [`BLOCK`] rows: the columns before the strip in one product (few large products
+/// run far faster than many small ones), the strip's diagonal block as a triangular product
+/// (only its lower half is computed); each product (r, c), c < r, is offered to both rows.
 fn shortlists<T: Float>(units: &RowMajor<T>, width: f64) -> Vec<Shortlist> {
+    use faer::linalg::matmul::triangular::{self, BlockStructure};
+
     let n = units.rows;
     let mut lists = vec![Shortlist::default(); n];
-    let mut strip = scratch::buffer::<T>(BLOCK.min(n) * n);
-    strip.resize(BLOCK.min(n) * n, T::from_f64(0.0));
+    let mut strip = scratch::overwritable::<T>(BLOCK.min(n) * n);
     for row_start in (0..n).step_by(BLOCK) {
-        let (rows, cols) = (
-            (row_start + BLOCK).min(n) - row_start,
-            (row_start + BLOCK).min(n),
-        );
+        let rows = (row_start + BLOCK).min(n) - row_start;
+        let cols = row_start + rows;
+        let strip_units = units.faer().subrows(row_start, rows);
         let mut out = faer::MatMut::from_row_major_slice_mut(&mut strip[..rows * cols], rows, cols);
+        let (before, diagonal) = out.as_mut().split_at_col_mut(row_start);
         faer::linalg::matmul::matmul(
-            out.as_mut(),
+            before,
             Accum::Replace,
-            units.faer().subrows(row_start, rows),
-            units.faer().subrows(0, cols).transpose(),
+            strip_units,
+            units.faer().subrows(0, row_start).transpose(),
             T::from_f64(1.0),
             par(),
         );
-        for (k, r) in (row_start..row_start + rows).enumerate() {
+        triangular::matmul(
+            diagonal,
+            BlockStructure::StrictTriangularLower,
+            Accum::Replace,
+            strip_units,
+            BlockStructure::Rectangular,
+            strip_units.transpose(),
+            BlockStructure::Rectangular,
+            T::from_f64(1.0),
+            par(),
+        );
+        for (k, r) in (row_start..cols).enumerate() {
             let scores = &strip[k * cols..k * cols + r];
             for (c, &score) in scores.iter().enumerate() {
                 let score = score.to_f64();

@@ -25,8 +25,28 @@ thread_local! {
 /// An empty `Vec<T>` with room for `capacity` elements: the smallest fitting spare buffer of
 /// this thread, or a new allocation.
 pub fn buffer<T: Copy + 'static>(capacity: usize) -> Vec<T> {
+    match spare(capacity) {
+        Some(mut vec) => {
+            vec.clear();
+            vec
+        }
+        None => Vec::with_capacity(capacity),
+    }
+}
+
+/// A `Vec<T>` of `len` elements with unspecified contents (a spare buffer's old values, or
+/// zeros), for outputs that are overwritten completely: no pass of zeros before the real one.
+pub fn overwritable<T: Copy + Default + 'static>(len: usize) -> Vec<T> {
+    let mut vec = spare(len).unwrap_or_default();
+    vec.truncate(len);
+    vec.resize(len, T::default());
+    vec
+}
+
+/// The smallest spare buffer of this thread with room for `capacity` elements, if any.
+fn spare<T: Copy + 'static>(capacity: usize) -> Option<Vec<T>> {
     if capacity * size_of::<T>() < MIN_BYTES {
-        return Vec::with_capacity(capacity);
+        return None;
     }
     let reused = SPARE.with_borrow_mut(|spare| {
         let fitting = spare
@@ -36,14 +56,8 @@ pub fn buffer<T: Copy + 'static>(capacity: usize) -> Vec<T> {
             .min_by_key(|(_, (bytes, _))| *bytes)
             .map(|(position, _)| position)?;
         spare.swap_remove(fitting).1.downcast::<Vec<T>>().ok()
-    });
-    match reused {
-        Some(mut vec) if vec.capacity() >= capacity => {
-            vec.clear();
-            *vec
-        }
-        _ => Vec::with_capacity(capacity),
-    }
+    })?;
+    (reused.capacity() >= capacity).then_some(*reused)
 }
 
 /// Hands `vec` back for reuse by [`buffer`] (small buffers are simply dropped).
@@ -72,7 +86,7 @@ pub fn copied<T: Copy + 'static>(values: &[T]) -> Vec<T> {
 
 #[cfg(test)]
 mod tests {
-    use super::{buffer, copied, recycle, MAX_SPARE, MIN_BYTES};
+    use super::{buffer, copied, overwritable, recycle, MAX_SPARE, MIN_BYTES};
 
     const BIG: usize = MIN_BYTES / 4 + 10; // f32 elements: just over the threshold
 
@@ -84,6 +98,18 @@ mod tests {
         let again = buffer::<f32>(BIG - 5);
         assert_eq!(again.as_ptr(), address);
         assert!(again.is_empty(), "a reused buffer must come back empty");
+    }
+
+    #[test]
+    fn an_overwritable_buffer_has_its_length_and_reuses_a_spare() {
+        let first = copied(&vec![1.5f32; BIG]);
+        let address = first.as_ptr();
+        recycle(first);
+        let shorter = overwritable::<f32>(BIG - 5);
+        assert_eq!((shorter.as_ptr(), shorter.len()), (address, BIG - 5));
+        let fresh = overwritable::<f32>(3 * BIG);
+        assert_eq!(fresh.len(), 3 * BIG);
+        assert!(fresh.iter().all(|&x| x == 0.0), "new memory is zeroed");
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! `isa_distill._core`: numpy bindings of the `isa-core` kernels.
 //!
-//! Each function checks dtypes, copies its inputs into owned buffers, releases the GIL for the
-//! computation, then warns about ridge escalations and maps errors once (`errors.rs`). Float
+//! Each function checks dtypes, borrows its inputs (read in place, see `convert`), releases the
+//! GIL for the computation, then warns about ridge escalations and maps errors once (`errors.rs`). Float
 //! inputs are all float32 or all float64 (the dtype of `support_features`); the outputs have
 //! that dtype, except the factor (float64 when `solve_f64`) and the int64 indices.
 
@@ -9,11 +9,14 @@ mod convert;
 mod errors;
 mod threads;
 
-use convert::{float_kind, indices, matrix, to_numpy_matrix, to_numpy_vector, vector, FloatKind};
+use convert::{
+    borrowed_matrix, float_kind, indices, matrix, to_numpy_matrix, to_numpy_vector, vector,
+    Borrowed, FloatKind,
+};
 use errors::{finish, to_py_err};
 use isa_core::{
-    BackwardOptions, CoreError, Factor, FitView, Float, IsaOptions, IsaSaved, KrrOptions, Partners,
-    RegMode, RowMajor, Solver,
+    BackwardOptions, CoreError, Factor, FitView, Float, IsaOptions, IsaSaved, KrrOptions, MatView,
+    Partners, RegMode, Solver,
 };
 use numpy::Element;
 use pyo3::prelude::*;
@@ -36,51 +39,53 @@ struct Arrays<'a, 'py> {
     threads: usize,
 }
 
-/// Owned copies of [`Arrays`] in the input type.
-struct Owned<T: Copy + 'static> {
-    support_features: RowMajor<T>,
-    support_labels: RowMajor<T>,
-    targets: RowMajor<T>,
-    labels: Option<RowMajor<T>>,
+/// [`Arrays`] borrowed in the input type (read in place, see `convert`).
+struct Inputs<'py, T: Element> {
+    support_features: Borrowed<'py, T>,
+    support_labels: Borrowed<'py, T>,
+    targets: Borrowed<'py, T>,
+    labels: Option<Borrowed<'py, T>>,
 }
 
-/// The copies go back to `isa_core::scratch` so the next call reuses their memory.
-impl<T: Copy + 'static> Drop for Owned<T> {
-    fn drop(&mut self) {
-        let labels = self.labels.as_mut().map(|l| std::mem::take(&mut l.data));
-        for data in [
-            std::mem::take(&mut self.support_features.data),
-            std::mem::take(&mut self.support_labels.data),
-            std::mem::take(&mut self.targets.data),
-        ]
-        .into_iter()
-        .chain(labels)
-        {
-            isa_core::scratch::recycle(data);
-        }
-    }
+/// Row-major views of [`Inputs`]: plain slices, which may cross `py.detach`.
+#[derive(Clone, Copy)]
+struct Views<'a, T> {
+    support_features: MatView<'a, T>,
+    support_labels: MatView<'a, T>,
+    targets: MatView<'a, T>,
+    labels: Option<MatView<'a, T>>,
 }
 
-impl Arrays<'_, '_> {
-    fn copy<T: Scalar>(&self, targets_arg: &'static str) -> Result<Owned<T>, CoreError> {
-        Ok(Owned {
-            support_features: matrix(self.support_features, "support_features")?,
-            support_labels: matrix(self.support_labels, "support_labels")?,
-            targets: matrix(self.targets, targets_arg)?,
+impl<'py> Arrays<'_, 'py> {
+    fn borrow<T: Scalar>(&self, targets_arg: &'static str) -> Result<Inputs<'py, T>, CoreError> {
+        Ok(Inputs {
+            support_features: borrowed_matrix(self.support_features, "support_features")?,
+            support_labels: borrowed_matrix(self.support_labels, "support_labels")?,
+            targets: borrowed_matrix(self.targets, targets_arg)?,
             labels: self
                 .labels
-                .map(|(labels, arg)| matrix(labels, arg))
+                .map(|(labels, arg)| borrowed_matrix(labels, arg))
                 .transpose()?,
         })
     }
 }
 
-/// The fourth array (present whenever the caller built [`Arrays`] with one).
-fn labels<'a, T: Float>(
-    owned: &'a Owned<T>,
-    arg: &'static str,
-) -> Result<&'a RowMajor<T>, CoreError> {
-    owned.labels.as_ref().ok_or(CoreError::Empty { arg })
+impl<T: Scalar> Inputs<'_, T> {
+    fn views(&self) -> Result<Views<'_, T>, CoreError> {
+        Ok(Views {
+            support_features: self.support_features.view()?,
+            support_labels: self.support_labels.view()?,
+            targets: self.targets.view()?,
+            labels: self.labels.as_ref().map(Borrowed::view).transpose()?,
+        })
+    }
+}
+
+impl<'a, T: Float> Views<'a, T> {
+    /// The fourth array (present whenever the caller built [`Arrays`] with one).
+    fn labels(&self, arg: &'static str) -> Result<MatView<'a, T>, CoreError> {
+        self.labels.ok_or(CoreError::Empty { arg })
+    }
 }
 
 /// The ridge factor saved by a forward: float64, or the input dtype when `solve_f64` was off.
@@ -170,18 +175,19 @@ fn forward_typed<'py, T: Scalar>(
     py: Python<'py>,
     (arrays, partner_mode, index, options): (Arrays<'_, 'py>, &str, Vec<i64>, IsaOptions),
 ) -> PyResult<Bound<'py, PyTuple>> {
-    let owned = arrays
-        .copy::<T>("target_features")
+    let inputs = arrays
+        .borrow::<T>("target_features")
         .map_err(|e| to_py_err(py, e))?;
+    let views = inputs.views().map_err(|e| to_py_err(py, e))?;
     let threads = arrays.threads;
     let result = py.detach(|| {
         with_threads(threads, || {
             let partners = Partners::parse(partner_mode, &index)?;
             isa_core::isa_krr_forward(
-                owned.support_features.view(),
-                owned.support_labels.view(),
-                owned.targets.view(),
-                labels(&owned, "target_labels")?.view(),
+                views.support_features,
+                views.support_labels,
+                views.targets,
+                views.labels("target_labels")?,
                 partners,
                 &options,
             )
@@ -281,14 +287,15 @@ fn backward_typed<'py, T: Scalar>(
 ) -> PyResult<Bound<'py, PyTuple>> {
     let copied = || -> Result<_, CoreError> {
         Ok((
-            arrays.copy::<T>("target_features")?,
+            arrays.borrow::<T>("target_features")?,
             vector::<T>(args.grad_losses, "grad_losses")?,
             matrix::<T>(args.residual, "residual")?,
             matrix::<T>(args.coef, "coef")?,
             factor::<T>(args.factor)?,
         ))
     };
-    let (owned, grad_losses, residual, coef, factor) = copied().map_err(|e| to_py_err(py, e))?;
+    let (inputs, grad_losses, residual, coef, factor) = copied().map_err(|e| to_py_err(py, e))?;
+    let views = inputs.views().map_err(|e| to_py_err(py, e))?;
     let (kept, partner, lam, options) = (&args.kept, &args.partner, args.lam, &args.options);
     let threads = arrays.threads;
     let result = py.detach(|| {
@@ -304,10 +311,10 @@ fn backward_typed<'py, T: Scalar>(
                 },
             };
             isa_core::isa_krr_backward(
-                owned.support_features.view(),
-                owned.support_labels.view(),
-                owned.targets.view(),
-                labels(&owned, "target_labels")?.view(),
+                views.support_features,
+                views.support_labels,
+                views.targets,
+                views.labels("target_labels")?,
                 &grad_losses,
                 saved,
                 options,
@@ -371,16 +378,17 @@ fn predict_typed<'py, T: Scalar>(
     arrays: &Arrays<'_, 'py>,
     options: &KrrOptions,
 ) -> PyResult<Bound<'py, PyTuple>> {
-    let owned = arrays
-        .copy::<T>("query_features")
+    let inputs = arrays
+        .borrow::<T>("query_features")
         .map_err(|e| to_py_err(py, e))?;
+    let views = inputs.views().map_err(|e| to_py_err(py, e))?;
     let threads = arrays.threads;
     let result = py.detach(|| {
         with_threads(threads, || {
             isa_core::krr_predict_forward(
-                owned.support_features.view(),
-                owned.support_labels.view(),
-                owned.targets.view(),
+                views.support_features,
+                views.support_labels,
+                views.targets,
                 options,
             )
         })
@@ -452,21 +460,21 @@ fn predict_backward_typed<'py, T: Scalar>(
 ) -> PyResult<Bound<'py, PyTuple>> {
     let copied = || -> Result<_, CoreError> {
         Ok((
-            arrays.copy::<T>("query_features")?,
+            arrays.borrow::<T>("query_features")?,
             matrix::<T>(coef, "coef")?,
             factor::<T>(factor_obj)?,
         ))
     };
-    let (owned, coef, factor) = copied().map_err(|e| to_py_err(py, e))?;
+    let (inputs, coef, factor) = copied().map_err(|e| to_py_err(py, e))?;
+    let views = inputs.views().map_err(|e| to_py_err(py, e))?;
     let threads = arrays.threads;
     let result = py.detach(|| {
         with_threads(threads, || {
-            let grad_pred = labels(&owned, "grad_pred")?;
             isa_core::krr_predict_backward(
-                owned.support_features.view(),
-                owned.support_labels.view(),
-                owned.targets.view(),
-                grad_pred.view(),
+                views.support_features,
+                views.support_labels,
+                views.targets,
+                views.labels("grad_pred")?,
                 FitView {
                     coef: coef.view(),
                     factor: factor.view(),
