@@ -185,8 +185,11 @@ def isa_krr_loss(
                                         target_labels)))
     n = target_features.shape[0]
     mode = _checks.resolve_mode(checks)
+    device = support_features.device
+    backend = resolve_backend(backend, device)
     if mode == "eager":
-        _validate.check_finite(tensors)
+        if backend != "rust":  # the native kernel checks its inputs itself, with this message
+            _validate.check_finite(tensors)
         if isinstance(partner, Tensor):
             _validate.check_partner_range(partner, n)
         input_status = None
@@ -198,8 +201,6 @@ def isa_krr_loss(
                 out_of_range, _checks.Status.PARTNER_OUT_OF_RANGE
             )
             partner = partner.clamp(0, n - 1)  # garbage in, but never an index outside the batch
-    device = support_features.device
-    backend = resolve_backend(backend, device)
     partner_mode, partner_index = _partner_arguments(
         partner,
         n,
@@ -300,12 +301,13 @@ def krr_predict(
     )
     tensors = dict(zip(PREDICT_ARGUMENTS, (support_features, support_labels, query_features)))
     mode = _checks.resolve_mode(checks)
+    backend = resolve_backend(backend, support_features.device)
     if mode == "eager":
-        _validate.check_finite(tensors)
+        if backend != "rust":  # the native kernel checks its inputs itself, with this message
+            _validate.check_finite(tensors)
         input_status = None
     else:
         input_status = _checks.nonfinite_status(tensors)
-    backend = resolve_backend(backend, support_features.device)
     input_dtype = support_features.dtype
     work_dtype = compute_dtype(input_dtype)
     pred, _, _, lam, status = krr_predict_forward(

@@ -72,7 +72,7 @@ impl fmt::Display for CoreError {
                 write!(f, "{arg}: expected {expected}, got {got}")
             }
             CoreError::NonFinite { arg } => {
-                write!(f, "{arg}: expected finite values, found NaN or Inf")
+                write!(f, "{arg} contains NaN or Inf; all inputs must be finite")
             }
             CoreError::PartnerOutOfRange {
                 arg,

@@ -41,6 +41,9 @@ pub trait Float:
     const NAME: &'static str;
     /// Unit roundoff u: |fl(x) - x| <= u |x| (2^-24 for f32, 2^-53 for f64).
     const UNIT_ROUNDOFF: f64;
+    /// Whether the product of any two finite values is a normal, finite f64 (true for f32,
+    /// whose exponent range is a small part of f64's), so f64 sums of products need no scaling.
+    const PRODUCTS_FIT_F64: bool;
     /// Rounds an `f64` to this type.
     fn from_f64(value: f64) -> Self;
     /// Widens to `f64` (exact for both types).
@@ -52,6 +55,7 @@ pub trait Float:
 impl Float for f32 {
     const NAME: &'static str = "float32";
     const UNIT_ROUNDOFF: f64 = 5.960_464_477_539_063e-8;
+    const PRODUCTS_FIT_F64: bool = true;
     #[inline(always)]
     fn from_f64(value: f64) -> Self {
         value as f32
@@ -69,6 +73,7 @@ impl Float for f32 {
 impl Float for f64 {
     const NAME: &'static str = "float64";
     const UNIT_ROUNDOFF: f64 = 1.110_223_024_625_156_5e-16;
+    const PRODUCTS_FIT_F64: bool = false;
     #[inline(always)]
     fn from_f64(value: f64) -> Self {
         value

@@ -45,6 +45,9 @@ pub(crate) fn nearest_partners<T: Float>(features: MatView<'_, T>, kept: &[usize
             let best = if scales[r].inverse_scaled_norm == 0.0 {
                 // Similarity 0 with every other target: the tie goes to the lowest index.
                 usize::from(r == 0)
+            } else if let [(_, only)] = shortlists[r].columns[..] {
+                // The bound certifies it: no other column can be within reach of the best.
+                only
             } else {
                 rescore(&rows, &scales, r, &shortlists[r])
             };
@@ -71,6 +74,14 @@ struct RowScale {
 
 impl RowScale {
     fn of<T: Float>(row: &[T]) -> Self {
+        // No scaling needed (float32): one pass instead of a maximum and then a scaled sum.
+        if T::PRODUCTS_FIT_F64 {
+            let squares = scaled_dot(row, 1.0, row, 1.0);
+            return RowScale {
+                exact: 1.0,
+                inverse_scaled_norm: if squares > 0.0 { squares.sqrt().recip() } else { 0.0 },
+            };
+        }
         let largest = max_abs(row);
         if largest == 0.0 || !largest.is_finite() {
             return RowScale {
@@ -221,14 +232,23 @@ fn shortlists<T: Float>(units: &RowMajor<T>, width: f64) -> Vec<Shortlist> {
             T::from_f64(1.0),
             par(),
         );
-        for (k, r) in (row_start..cols).enumerate() {
-            let scores = &strip[k * cols..k * cols + r];
-            for (c, &score) in scores.iter().enumerate() {
-                let score = score.to_f64();
-                lists[r].offer(score, c, width);
-                lists[c].offer(score, r, width);
+        // A shortlist ends as the same set whatever the order of the offers, so each list is
+        // fed by one thread: first the strip's rows, then every column below them.
+        let strip = &strip[..rows * cols];
+        lists[row_start..cols]
+            .par_iter_mut()
+            .enumerate()
+            .for_each(|(k, list)| {
+                let scores = &strip[k * cols..k * cols + row_start + k];
+                for (c, &score) in scores.iter().enumerate() {
+                    list.offer(score.to_f64(), c, width);
+                }
+            });
+        lists[..cols].par_iter_mut().enumerate().for_each(|(c, list)| {
+            for k in (c + 1).saturating_sub(row_start)..rows {
+                list.offer(strip[k * cols + c].to_f64(), row_start + k, width);
             }
-        }
+        });
     }
     scratch::recycle(strip);
     lists
