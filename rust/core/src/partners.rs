@@ -64,6 +64,7 @@ const LANES: usize = 8;
 /// (`exact`, which changes no bit of the mantissas), bringing the largest magnitude into
 /// [1, 2) (below 1 for f64 rows of subnormal numbers only), then by the norm of the rescaled
 /// row.
+/// Float32 rows skip the power of two (`exact` = 1): their squares cannot leave f64's range.
 #[derive(Clone, Copy)]
 struct RowScale {
     /// The power of two applied first.
@@ -79,7 +80,11 @@ impl RowScale {
             let squares = scaled_dot(row, 1.0, row, 1.0);
             return RowScale {
                 exact: 1.0,
-                inverse_scaled_norm: if squares > 0.0 { squares.sqrt().recip() } else { 0.0 },
+                inverse_scaled_norm: if squares > 0.0 {
+                    squares.sqrt().recip()
+                } else {
+                    0.0
+                },
             };
         }
         let largest = max_abs(row);
@@ -244,11 +249,14 @@ fn shortlists<T: Float>(units: &RowMajor<T>, width: f64) -> Vec<Shortlist> {
                     list.offer(score.to_f64(), c, width);
                 }
             });
-        lists[..cols].par_iter_mut().enumerate().for_each(|(c, list)| {
-            for k in (c + 1).saturating_sub(row_start)..rows {
-                list.offer(strip[k * cols + c].to_f64(), row_start + k, width);
-            }
-        });
+        lists[..cols]
+            .par_iter_mut()
+            .enumerate()
+            .for_each(|(c, list)| {
+                for k in (c + 1).saturating_sub(row_start)..rows {
+                    list.offer(strip[k * cols + c].to_f64(), row_start + k, width);
+                }
+            });
     }
     scratch::recycle(strip);
     lists

@@ -2,9 +2,10 @@
 //!
 //! A fresh multi-megabyte `Vec` is mapped from the OS on every call, and first touching its
 //! pages costs more than filling them: copying a 1024 x 8192 f32 feature matrix into a new
-//! buffer took 15 ms of a 57 ms forward, into a recycled one 4.5 ms. So the buffers that every
-//! call needs again (the bindings' input copies, the gathered kept targets) are handed back
-//! after use and reused by the next call on the same thread.
+//! buffer took 15 ms of a 57 ms forward, into a recycled one 4.5 ms. So the working buffers that
+//! every call needs again (the partner search's unit rows and similarity strips, the copies of
+//! inputs that are not C-ordered) are handed back after use and reused by the next call on the
+//! same thread. Outputs, which leave the call, are new memory (see `pages`).
 //!
 //! At most [`MAX_SPARE`] buffers of at least [`MIN_BYTES`] each are kept per thread, the
 //! largest ones; they are freed when the thread exits.
