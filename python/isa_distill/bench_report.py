@@ -303,7 +303,8 @@ def machine_description(device: str) -> str:
         load = ", load average at start {:.1f} / {:.1f} / {:.1f} (1 / 5 / 15 min)".format(
             *os.getloadavg())
     # OpenMP workers spin after each torch op and compete with the Rust kernel's threads.
-    omp = f", OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}"
+    omp = "".join(f", {name}={os.environ.get(name, 'unset')}"
+                  for name in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT"))
     return (f"isa-distill {__version__}, torch {torch.__version__}, Python "
             f"{platform.python_version()}, {hardware}{omp if device == 'cpu' else ''}{load}")
 
