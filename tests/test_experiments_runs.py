@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 
 import pytest
 
@@ -70,10 +71,28 @@ def test_module_study_pairs_the_arms_and_continues_where_it_stopped(tmp_path, mo
     # Run again: every (arm, seed) is read from results.json, nothing is distilled.
     from isa_distill.experiments import module
 
+    real_distill = module.distill
     monkeypatch.setattr(module, "distill", lambda *a, **k: pytest.fail("distilled again"))
+    assert run_module_study(settings, tmp_path, arms, overrides=dict(optimizer="adam")) == rows
+    # A file written when the seed list was part of the settings it must match still counts.
+    stored = json.loads((tmp_path / RESULTS).read_text())
+    stored["key"]["settings"]["seeds"] = [0, 1]
+    (tmp_path / RESULTS).write_text(json.dumps(stored))
     assert run_module_study(settings, tmp_path, arms, overrides=dict(optimizer="adam")) == rows
     with pytest.raises(ValueError, match="holds results of other settings"):
         run_module_study(tiny(steps=4), tmp_path, arms, overrides=dict(optimizer="adam"))
+
+    # More seeds later: only the new seed is distilled.
+    distilled_seeds = []
+
+    def counting(data, config, **kwargs):
+        distilled_seeds.append(config.seed)
+        return real_distill(data, config, **kwargs)
+
+    monkeypatch.setattr(module, "distill", counting)
+    more = run_module_study(tiny(seeds=(0, 1, 2)), tmp_path, arms[:2],
+                            overrides=dict(optimizer="adam"))
+    assert distilled_seeds == [2, 2] and more[0]["seeds"] == 3
 
 
 def test_ablation_writes_per_seed_results_and_resume_runs_only_the_missing_pairs(tmp_path):

@@ -18,7 +18,6 @@ only the missing ones.
 from __future__ import annotations
 
 import csv
-import dataclasses
 import json
 import time
 from pathlib import Path
@@ -27,7 +26,7 @@ from typing import Any
 from ..runs import atomic_write_text
 from .output import csv_text, new_figure, paired_difference_bars, write_plot, write_table
 from .pipeline import distill_config, distill_variant, evaluate, load_data, preprocessed
-from .settings import ExperimentSettings
+from .settings import ExperimentSettings, settings_key
 from .stats import mean_std, paired_difference
 from .variants import BASELINE, resolve_variants
 
@@ -36,9 +35,6 @@ COLUMNS = ("variant", "description", "acc_mean", "acc_std", "diff_vs_baseline", 
 SEED_COLUMNS = ("variant", "seed", "accuracy", "network_std", "network_accuracies",
                 "distill_s", "eval_s")
 SEEDS_FILE, SETTINGS_FILE, LOG_FILE = "seeds.csv", "settings.json", "progress.log"
-# Settings that do not change a (variant, seed) result: the seed list only selects which pairs
-# run, and progress bars are display.
-_NOT_IN_KEY = ("seeds", "progress")
 
 
 def run_ablation(
@@ -108,14 +104,6 @@ def summarise(results: dict[tuple[str, int], dict[str, Any]], variants, seeds) -
             eval_s=mean_std([results[(variant.name, s)]["eval_s"] for s in seeds])[0],
         ))
     return rows
-
-
-def settings_key(settings: ExperimentSettings) -> dict[str, Any]:
-    """What must match for a stored (variant, seed) result to be reused."""
-    values = dataclasses.asdict(settings)
-    for name in _NOT_IN_KEY:
-        values.pop(name)
-    return values
 
 
 def load_seed_results(out_dir: Path, key: dict[str, Any]) -> dict[tuple[str, int], dict]:

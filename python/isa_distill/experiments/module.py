@@ -16,7 +16,8 @@ Every comparison reports the mean paired difference over seeds with a Student-t 
 class, at the storage of IPC.
 
 Each finished (arm, seed) is recorded in ``results.json`` in the output directory, so an
-interrupted study continues where it stopped when run again with the same settings.
+interrupted study continues where it stopped when run again with the same settings, and more
+seeds can be added later (the seed list is not part of the settings a record must match).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from ..runs import atomic_write_text
 from .names import resolve_names
 from .output import new_figure, paired_difference_bars, write_plot, write_table
 from .pipeline import distill_config, evaluate, load_data, preprocessed
-from .settings import ExperimentSettings
+from .settings import ExperimentSettings, settings_key
 from .stats import mean_std, paired_difference
 
 
@@ -108,6 +109,9 @@ class Results:
         if not path.is_file():
             return cls(key)
         stored = json.loads(path.read_text(encoding="utf-8"))
+        stored_settings = (stored.get("key") or {}).get("settings")
+        if isinstance(stored_settings, dict):
+            stored_settings.pop("seeds", None)  # files from before seeds left the key
         if stored.get("key") != key:
             raise ValueError(
                 f"{path} holds results of other settings ({stored.get('key')}); pass another "
@@ -135,8 +139,7 @@ def run_module_study(settings: ExperimentSettings, out_dir: str | Path,
                           for seed in settings.seeds}
                for arm in chosen
                for preset, extra in [arm_overrides(arm, settings, overrides)]}
-    key = {"settings": {k: v for k, v in asdict(settings).items() if k != "progress"},
-           "overrides": overrides}
+    key = {"settings": settings_key(settings), "overrides": overrides}
     key = json.loads(json.dumps(key))  # tuples as lists, as stored
     results = Results.open(out_dir / RESULTS, key)
     data = load_data(settings)

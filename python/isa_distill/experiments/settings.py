@@ -99,3 +99,16 @@ def experiment_settings(preset: str = "cpu", **overrides: Any) -> ExperimentSett
     settings = ExperimentSettings(**values)
     settings.validate()
     return settings
+
+
+# Settings that do not change one (variant or arm, seed) result: the seed list only selects which
+# pairs run, and progress bars are display.
+_NOT_IN_KEY = ("seeds", "progress")
+
+
+def settings_key(settings: ExperimentSettings) -> dict[str, Any]:
+    """What must match for a stored (variant or arm, seed) result to be reused."""
+    values = dataclasses.asdict(settings)
+    for name in _NOT_IN_KEY:
+        values.pop(name)
+    return values
