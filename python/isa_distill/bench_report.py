@@ -296,17 +296,17 @@ def machine_description(device: str) -> str:
     if device.startswith("cuda"):
         hardware = torch.cuda.get_device_name(device)
     else:
+        # OpenMP workers spin after each torch op and compete with the Rust kernel's threads.
+        omp = "".join(f", {name}={os.environ.get(name, 'unset')}"
+                      for name in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT"))
         hardware = (f"{cpu_model()}, {os.cpu_count()} cores, torch threads "
-                    f"{torch.get_num_threads()}")
+                    f"{torch.get_num_threads()}{omp}")
     load = ""
     if hasattr(os, "getloadavg"):
         load = ", load average at start {:.1f} / {:.1f} / {:.1f} (1 / 5 / 15 min)".format(
             *os.getloadavg())
-    # OpenMP workers spin after each torch op and compete with the Rust kernel's threads.
-    omp = "".join(f", {name}={os.environ.get(name, 'unset')}"
-                  for name in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT"))
     return (f"isa-distill {__version__}, torch {torch.__version__}, Python "
-            f"{platform.python_version()}, {hardware}{omp if device == 'cpu' else ''}{load}")
+            f"{platform.python_version()}, {hardware}{load}")
 
 
 def render(rows: list[Row], description: str) -> str:

@@ -239,13 +239,13 @@ fn shortlists<T: Float>(units: &RowMajor<T>, width: f64) -> Vec<Shortlist> {
         );
         // A shortlist ends as the same set whatever the order of the offers, so each list is
         // fed by one thread: first the strip's rows, then every column below them.
-        let strip = &strip[..rows * cols];
+        let scores = &strip[..rows * cols];
         lists[row_start..cols]
             .par_iter_mut()
             .enumerate()
             .for_each(|(k, list)| {
-                let scores = &strip[k * cols..k * cols + row_start + k];
-                for (c, &score) in scores.iter().enumerate() {
+                let row = &scores[k * cols..k * cols + row_start + k];
+                for (c, &score) in row.iter().enumerate() {
                     list.offer(score.to_f64(), c, width);
                 }
             });
@@ -254,7 +254,7 @@ fn shortlists<T: Float>(units: &RowMajor<T>, width: f64) -> Vec<Shortlist> {
             .enumerate()
             .for_each(|(c, list)| {
                 for k in (c + 1).saturating_sub(row_start)..rows {
-                    list.offer(strip[k * cols + c].to_f64(), row_start + k, width);
+                    list.offer(scores[k * cols + c].to_f64(), row_start + k, width);
                 }
             });
     }

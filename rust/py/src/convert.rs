@@ -141,9 +141,10 @@ pub(crate) struct Borrowed<'py, T: Element> {
 
 impl<T: Float + Element> Borrowed<'_, T> {
     pub(crate) fn view(&self) -> Result<MatView<'_, T>, CoreError> {
+        // Without a copy the array is C-ordered, so its memory is the row-major slice.
         let data = match &self.copy {
             Some(copy) => copy.as_slice(),
-            None => row_major(&self.array).unwrap_or_default(),
+            None => self.array.as_slice().unwrap_or_default(),
         };
         MatView::new(self.arg, data, self.rows, self.cols)
     }
