@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 from conftest import BACKENDS, random_problem
@@ -160,6 +162,96 @@ def test_the_rust_kernel_follows_torch_threads(monkeypatch):
     finally:
         torch.set_num_threads(threads)
     assert seen == [1]
+
+
+def _openmp_team_available() -> bool:
+    from isa_distill import _rust_backend
+
+    return _rust_backend._torch_openmp_runtime() is not None
+
+
+# The thread names a call leaves behind: the kernel's own rayon pools are named isa-core-*.
+THREAD_NAMES_SCRIPT = """
+import pathlib, torch
+from isa_distill import isa_krr_loss
+torch.set_num_threads(2)
+x = [torch.randn(s, dtype=torch.float64, requires_grad=True) for s in ((6, 4), (6, 3), (20, 4))]
+isa_krr_loss(x[0], x[1], x[2], torch.randn(20, 3, dtype=torch.float64), backend="rust").backward()
+print(" ".join(p.read_text().strip() for p in pathlib.Path("/proc/self/task").glob("*/comm")))
+"""
+
+
+@pytest.mark.parametrize("team", [True, False])
+def test_the_rust_kernel_computes_on_torchs_openmp_threads_unless_told_not_to(team):
+    pytest.importorskip("isa_distill._core")
+    if not _openmp_team_available():
+        pytest.skip("torch here does not run on a loaded GNU OpenMP runtime")
+    import subprocess
+    import sys
+
+    env = {**os.environ, "ISA_DISTILL_OPENMP_TEAM": "1" if team else "0"}
+    names = subprocess.run([sys.executable, "-c", THREAD_NAMES_SCRIPT], env=env, check=True,
+                           capture_output=True, text=True).stdout.split()
+    assert any(name.startswith("isa-core") for name in names) != team, names
+
+
+def test_the_openmp_team_and_own_threads_give_the_same_results():
+    pytest.importorskip("isa_distill._core")
+    from isa_distill import _core, _rust_backend
+
+    runtime = _rust_backend._torch_openmp_runtime()
+    if runtime is None:
+        pytest.skip("torch here does not run on a loaded GNU OpenMP runtime")
+    problem = random_problem(6, 24, 40, 3, seed=3, dtype=torch.float32)
+
+    def run():
+        leaves = [t.detach().clone().requires_grad_(True) for t in problem.tensors]
+        loss = isa_krr_loss(*leaves, epsilon=0.5, backend="rust")
+        loss.backward()
+        return [loss.detach(), *(leaf.grad for leaf in leaves)]
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        on_team = run()
+        assert not _core.use_openmp_runtime(None)
+        own = run()
+    finally:
+        assert _core.use_openmp_runtime(runtime)
+        torch.set_num_threads(threads)
+    for a, b in zip(on_team, own):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_a_runtime_that_is_not_loaded_is_not_used():
+    pytest.importorskip("isa_distill._core")
+    from isa_distill import _core, _rust_backend
+
+    try:
+        assert not _core.use_openmp_runtime("/nonexistent/libgomp.so.1")
+        assert _core.parallelism(2) == 2  # computes on the kernel's own pool instead
+    finally:
+        _core.use_openmp_runtime(_rust_backend._torch_openmp_runtime())
+
+
+def test_calls_from_several_python_threads_at_once_agree_with_one_at_a_time():
+    from concurrent.futures import ThreadPoolExecutor
+
+    pytest.importorskip("isa_distill._core")
+    problems = [random_problem(5, 16, 30, 3, seed=seed) for seed in range(8)]
+
+    def run(problem):
+        leaves = [t.detach().clone().requires_grad_(True) for t in problem.tensors]
+        loss = isa_krr_loss(*leaves, backend="rust")
+        loss.backward()
+        return [loss.detach(), *(leaf.grad for leaf in leaves)]
+
+    alone = [run(problem) for problem in problems]
+    with ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(run, problems))
+    for a, b in zip(alone, together):
+        for x, y in zip(a, b):
+            torch.testing.assert_close(x, y)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

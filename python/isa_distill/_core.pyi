@@ -10,6 +10,7 @@ import numpy.typing as npt
 __all__ = [
     "__version__",
     "parallelism",
+    "use_openmp_runtime",
     "isa_krr_forward",
     "isa_krr_backward",
     "krr_predict_forward",
@@ -23,6 +24,12 @@ _Indices = npt.NDArray[np.int64]
 
 def parallelism(threads: int = 0) -> int:
     """The number of threads a call with ``threads`` computes with (0: all cores)."""
+
+def use_openmp_runtime(path: str | None) -> bool:
+    """Compute later calls on the threads of the OpenMP runtime loaded from ``path`` (torch's
+    libgomp), or on rayon pools of the kernel's own (``None``). Returns whether a runtime is in
+    use: false also when ``path`` is not loaded in this process or lacks the OpenMP entry
+    points."""
 
 def isa_krr_forward(
     support_features: _Floats,

@@ -292,13 +292,26 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def rust_threads() -> str:
+    """Where the Rust kernel computes: torch's OpenMP team, or rayon threads of its own."""
+    try:
+        from . import _rust_backend
+    except ImportError:
+        return "no native module"
+    if _rust_backend.OPENMP_TEAM_RUNTIME is not None:
+        return "torch's OpenMP threads"
+    return "its own rayon threads"
+
+
 def machine_description(device: str) -> str:
     if device.startswith("cuda"):
         hardware = torch.cuda.get_device_name(device)
     else:
-        # OpenMP workers spin after each torch op and compete with the Rust kernel's threads.
+        # OpenMP workers spin after each torch op and compete with the Rust kernel's threads,
+        # unless the kernel computes on torch's OpenMP team.
         omp = "".join(f", {name}={os.environ.get(name, 'unset')}"
                       for name in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT"))
+        omp += f", Rust kernel on {rust_threads()}"
         hardware = (f"{cpu_model()}, {os.cpu_count()} cores, torch threads "
                     f"{torch.get_num_threads()}{omp}")
     load = ""

@@ -7,6 +7,7 @@
 
 mod convert;
 mod errors;
+mod openmp;
 mod threads;
 
 use convert::{
@@ -502,10 +503,20 @@ fn parallelism(threads: usize) -> usize {
     with_threads(threads, rayon::current_num_threads)
 }
 
+/// Computes later calls on the threads of the OpenMP runtime loaded from `path` (torch's; see
+/// `openmp.rs`), or on rayon pools of their own (`None`). Returns whether a runtime is in use:
+/// false also when `path` is not loaded in this process or lacks the OpenMP entry points.
+#[pyfunction]
+#[pyo3(signature = (path))]
+fn use_openmp_runtime(path: Option<&str>) -> bool {
+    openmp::set_runtime(path)
+}
+
 #[pymodule]
 fn _core(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add("__version__", env!("CARGO_PKG_VERSION"))?;
     module.add_function(wrap_pyfunction!(parallelism, module)?)?;
+    module.add_function(wrap_pyfunction!(use_openmp_runtime, module)?)?;
     module.add_function(wrap_pyfunction!(isa_krr_forward, module)?)?;
     module.add_function(wrap_pyfunction!(isa_krr_backward, module)?)?;
     module.add_function(wrap_pyfunction!(krr_predict_forward, module)?)?;
