@@ -17,7 +17,7 @@
 //! which knows which library torch loaded) and only ever opened with `RTLD_NOLOAD`: this module
 //! never loads an OpenMP runtime, it only borrows one already in the process.
 
-use std::ffi::{c_int, c_uint, c_void, CStr, CString};
+use std::ffi::{c_int, c_uint, c_void};
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::{Mutex, PoisonError, RwLock};
 
@@ -51,6 +51,9 @@ pub(crate) fn set_runtime(path: Option<&str>) -> bool {
 
 #[cfg(unix)]
 fn open(path: &str) -> Option<Runtime> {
+    use std::ffi::{CStr, CString};
+    use std::mem::transmute;
+
     let path = CString::new(path).ok()?;
     // SAFETY: RTLD_NOLOAD returns a handle only for a library that is already loaded, and runs
     // no initialisers. The handle is never closed, so the symbols stay valid.
@@ -63,7 +66,6 @@ fn open(path: &str) -> Option<Runtime> {
         let address = unsafe { libc::dlsym(handle, name.as_ptr()) };
         (!address.is_null()).then_some(address)
     };
-    use std::mem::transmute;
     // SAFETY: these are the documented C signatures of libgomp's entry points.
     unsafe {
         Some(Runtime {
