@@ -48,6 +48,36 @@ def test_lecun_normal_init_and_zero_bias():
     assert float(conv.weight.detach().std()) == pytest.approx(1 / math.sqrt(fan_in), rel=0.15)
 
 
+def test_truncated_normal_matches_the_distribution_and_reads_nothing_back(monkeypatch):
+    from scipy import stats
+
+    from isa_distill.models.layers import truncated_normal_
+
+    reads = []
+
+    def spy(name):
+        real = getattr(torch.Tensor, name)
+
+        def read(self, *args, **kwargs):
+            reads.append(name)
+            return real(self, *args, **kwargs)
+
+        return read
+
+    for name in ("item", "__bool__", "__float__", "tolist"):
+        monkeypatch.setattr(torch.Tensor, name, spy(name))
+    torch.manual_seed(0)
+    values = truncated_normal_(torch.empty(200_000), std=0.5)
+    assert reads == []  # no value goes back to the host: no GPU synchronisation
+    monkeypatch.undo()
+    assert float(values.min()) >= -1.0 and float(values.max()) <= 1.0
+    # Kolmogorov-Smirnov against scipy's normal truncated at +-2 std.
+    statistic = stats.kstest(values.double().numpy(), stats.truncnorm(-2, 2, scale=0.5).cdf).statistic
+    assert statistic < 0.005, statistic
+    torch.manual_seed(0)
+    assert torch.equal(truncated_normal_(torch.empty(200_000), std=0.5), values)
+
+
 def test_conv_too_deep_for_the_image_is_a_clear_error():
     with pytest.raises(ValueError, match="depth"):
         build_model("conv", in_channels=1, num_classes=10, image_size=8, depth=4)

@@ -36,10 +36,28 @@ def lecun_normal_(module: nn.Module) -> None:
     for layer in module.modules():
         if isinstance(layer, (nn.Conv2d, nn.Linear)):
             fan_in = layer.weight[0].numel()
-            std = math.sqrt(1.0 / fan_in) / _TRUNCATED_STD
-            nn.init.trunc_normal_(layer.weight, std=std, a=-2 * std, b=2 * std)
+            truncated_normal_(layer.weight, std=math.sqrt(1.0 / fan_in) / _TRUNCATED_STD)
             if layer.bias is not None:
                 layer.bias.zero_()
+
+
+# Phi(2), the standard normal CDF at the truncation point.
+_CDF_AT_2 = 0.5 * (1.0 + math.erf(2.0 / math.sqrt(2.0)))
+
+
+@torch.no_grad()
+def truncated_normal_(tensor: torch.Tensor, std: float) -> torch.Tensor:
+    """Fill ``tensor`` with N(0, std^2) draws truncated to [-2 std, 2 std], in place.
+
+    By the inverse CDF (a uniform draw in [Phi(-2), Phi(2)] mapped through the normal quantile,
+    as flax's initialiser does), not ``nn.init.trunc_normal_``: recent torch versions reject
+    and redraw there, which reads ``mask.any()`` back to the host for every weight (a
+    synchronisation on a GPU, at every re-initialisation of a pool model) and draws differently
+    from older versions. Here the draws for a seed are the same on every torch version.
+    """
+    bound = 2.0 * _CDF_AT_2 - 1.0  # erf(sqrt(2)): the uniform's range in erf space
+    tensor.uniform_(-bound, bound).erfinv_().mul_(std * math.sqrt(2.0))
+    return tensor.clamp_(-2.0 * std, 2.0 * std)  # rounding could step just outside
 
 
 def first_conv_padding(image_size: int, downsamplings: int, kernel: int = 3) -> int:
