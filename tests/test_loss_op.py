@@ -164,12 +164,6 @@ def test_the_rust_kernel_follows_torch_threads(monkeypatch):
     assert seen == [1]
 
 
-def _openmp_team_available() -> bool:
-    from isa_distill import _rust_backend
-
-    return _rust_backend._torch_openmp_runtime() is not None
-
-
 # The thread names a call leaves behind: the kernel's own rayon pools are named isa-core-*.
 THREAD_NAMES_SCRIPT = """
 import pathlib, torch
@@ -184,7 +178,9 @@ print(" ".join(p.read_text().strip() for p in pathlib.Path("/proc/self/task").gl
 @pytest.mark.parametrize("team", [True, False])
 def test_the_rust_kernel_computes_on_torchs_openmp_threads_unless_told_not_to(team):
     pytest.importorskip("isa_distill._core")
-    if not _openmp_team_available():
+    from isa_distill import _rust_backend
+
+    if _rust_backend.OPENMP_TEAM_RUNTIME is None:
         pytest.skip("torch here does not run on a loaded GNU OpenMP runtime")
     import subprocess
     import sys
@@ -199,7 +195,7 @@ def test_the_openmp_team_and_own_threads_give_the_same_results():
     pytest.importorskip("isa_distill._core")
     from isa_distill import _core, _rust_backend
 
-    runtime = _rust_backend._torch_openmp_runtime()
+    runtime = _rust_backend.OPENMP_TEAM_RUNTIME
     if runtime is None:
         pytest.skip("torch here does not run on a loaded GNU OpenMP runtime")
     problem = random_problem(6, 24, 40, 3, seed=3, dtype=torch.float32)
@@ -231,7 +227,7 @@ def test_a_runtime_that_is_not_loaded_is_not_used():
         assert not _core.use_openmp_runtime("/nonexistent/libgomp.so.1")
         assert _core.parallelism(2) == 2  # computes on the kernel's own pool instead
     finally:
-        _core.use_openmp_runtime(_rust_backend._torch_openmp_runtime())
+        _core.use_openmp_runtime(_rust_backend.OPENMP_TEAM_RUNTIME)
 
 
 def test_calls_from_several_python_threads_at_once_agree_with_one_at_a_time():

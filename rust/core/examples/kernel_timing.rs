@@ -7,10 +7,7 @@
 
 use std::time::Instant;
 
-use isa_core::{
-    isa_krr_backward, isa_krr_forward, BackwardOptions, FitView, IsaOptions, IsaSaved, MatView,
-    Partners,
-};
+use isa_core::{isa_krr_backward, isa_krr_forward, BackwardOptions, IsaOptions, MatView, Partners};
 
 /// Reproducible values in [0, 1) (half of them 0, as after a ReLU).
 fn relu_features(len: usize, seed: u64) -> Vec<f32> {
@@ -78,16 +75,7 @@ fn main() {
             let start = Instant::now();
             let out = isa_krr_forward(fs, ys, ft, yt, Partners::Nearest, &options).unwrap();
             forward.push(start.elapsed().as_secs_f64());
-            let saved = IsaSaved {
-                kept: &out.kept,
-                partner: &out.partner,
-                residual: out.residual.view(),
-                fit: FitView {
-                    coef: out.coef.view(),
-                    factor: out.factor.view(),
-                    lam: out.lam,
-                },
-            };
+            let saved = out.saved();
             let start = Instant::now();
             isa_krr_backward(fs, ys, ft, yt, &grad_losses, saved, &backward_options).unwrap();
             backward.push(start.elapsed().as_secs_f64());

@@ -53,6 +53,22 @@ pub struct IsaForward<T> {
     pub escalations: Vec<f64>,
 }
 
+impl<T: Float> IsaForward<T> {
+    /// What the backward needs of this forward, borrowed.
+    pub fn saved(&self) -> IsaSaved<'_, T> {
+        IsaSaved {
+            kept: &self.kept,
+            partner: &self.partner,
+            residual: self.residual.view(),
+            fit: FitView {
+                coef: self.coef.view(),
+                factor: self.factor.view(),
+                lam: self.lam,
+            },
+        }
+    }
+}
+
 /// What the forward saved for the backward.
 #[derive(Clone, Copy, Debug)]
 pub struct IsaSaved<'a, T> {

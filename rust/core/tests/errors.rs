@@ -242,16 +242,7 @@ fn backward_checks_what_the_forward_saved() {
         epsilon: 1.0,
         query_grad: true,
     };
-    let saved = IsaSaved {
-        kept: &out.kept,
-        partner: &out.partner,
-        residual: out.residual.view(),
-        fit: FitView {
-            coef: out.coef.view(),
-            factor: out.factor.view(),
-            lam: out.lam,
-        },
-    };
+    let saved = out.saved();
     assert!(isa_krr_backward(fs, ys, ft, yt, &grad, saved, &options).is_ok());
 
     let bad_kept = [0i64, 9, 1, 2];

@@ -5,7 +5,7 @@ mod common;
 use common::{view, Problem, Rng};
 use isa_core::{
     isa_krr_backward, isa_krr_forward, krr_predict_backward, krr_predict_forward, BackwardOptions,
-    FitView, IsaOptions, IsaSaved, KrrOptions, Partners, RegMode, Solver,
+    FitView, IsaOptions, KrrOptions, Partners, RegMode, Solver,
 };
 
 const STEP: f64 = 1e-6;
@@ -60,16 +60,7 @@ fn check_isa(p: &Problem, opts: &IsaOptions, partners: Partners<'_>) {
     let weights = Rng::new(99).vec(p.n);
     let [fs, ys, ft, yt] = p.views();
     let out = isa_krr_forward(fs, ys, ft, yt, partners, opts).unwrap();
-    let saved = IsaSaved {
-        kept: &out.kept,
-        partner: &out.partner,
-        residual: out.residual.view(),
-        fit: FitView {
-            coef: out.coef.view(),
-            factor: out.factor.view(),
-            lam: out.lam,
-        },
-    };
+    let saved = out.saved();
     let backward = BackwardOptions {
         reg_mode: opts.krr.reg_mode,
         solver: opts.krr.solver,
