@@ -172,6 +172,8 @@ def test_bad_evaluation_flags_are_argparse_errors(capsys, tmp_path, flags, messa
     (["--steps", "0"], "--steps must be a positive int, got 0"),
     (["--batch-size", "-3"], "--batch-size must be a positive int, got -3"),
     (["--lr", "-1"], "--lr must be a finite positive number, got -1.0"),
+    (["--seed", "-1"], "--seed must be an int in [0, 4294967295], got -1"),
+    (["--seed", "4294967296"], "--seed must be an int in [0, 4294967295], got 4294967296"),
 ])
 def test_bad_settings_name_the_flag_not_the_config_field(capsys, tmp_path, flags, message):
     assert main(["distill", *flags, "--run-dir", str(tmp_path / "r")]) == 2

@@ -272,3 +272,10 @@ def test_the_root_to_read_the_data_again_is_recorded(tmp_path, monkeypatch):
     assert load_dataset("mnist", val_size=0).root == str((tmp_path / "home").resolve())
     given = load_dataset("mnist", tmp_path / "home" / "mnist", val_size=0)
     assert given.root == str((tmp_path / "home" / "mnist").resolve())
+
+
+@pytest.mark.parametrize("seed", [-1, 2**32, 0.5, True])
+def test_bad_seed_is_rejected_before_reading_files(seed, tmp_path):
+    # A missing dataset would say so; the seed is checked first.
+    with pytest.raises(ValueError, match=r"seed must be an int in \[0, 4294967295\]"):
+        load_dataset("cifar10", tmp_path, seed=seed)

@@ -329,7 +329,7 @@ def test_too_large_ipc_fails_before_creating_the_run(tiny_digits, tmp_path):
 @pytest.mark.parametrize(
     ("field", "value"),
     [("discard", 1.0), ("partner", "farthest"), ("optimizer", "sgd"), ("steps", 0),
-     ("reg", -1.0), ("norm", "layer")],
+     ("reg", -1.0), ("norm", "layer"), ("seed", -1), ("seed", 2**32), ("seed", 1.5)],
 )  # fmt: skip
 def test_bad_config_names_the_field(field, value):
     with pytest.raises(ValueError, match=field):

@@ -196,6 +196,7 @@ def test_cross_arch_evaluates_a_run_dir_on_the_chosen_architectures(tmp_path):
 @pytest.mark.parametrize("argv, message", [
     (["ablate", "--variants", "nope"], "unknown variants"),
     (["ablate", "--seeds", "1", "1"], "seeds must be distinct"),
+    (["ablate", "--seeds", "0", "-1"], "every seed in seeds must be an int in [0, 4294967295]"),
     (["ablate", "--dataset", "mnist-nope"], "dataset"),
     (["ablate", "--lr", "-0.001"], "lr must be a finite positive number"),
     (["continual", "--num-steps", "3"], "num_steps must divide"),

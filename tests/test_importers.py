@@ -264,6 +264,46 @@ def test_bad_files_are_one_line_errors(tmp_path, cifar_root, fashion_root, capsy
     assert not (tmp_path / "run").exists()
 
 
+def write_damaged_files(tmp_path) -> None:
+    """Files a download can leave behind: empty, cut in half, or of the other kind."""
+    torch.save({"data": [[torch.zeros(10, 3, 32, 32), torch.arange(10)]]}, tmp_path / "whole.pt")
+    np.savez(tmp_path / "whole.npz", images=np.zeros((10, 32, 32, 3)), labels=np.arange(10))
+    np.save(tmp_path / "single.npy", np.zeros(3))
+    (tmp_path / "empty").write_bytes(b"")
+    for name in ("whole.pt", "whole.npz"):
+        data = (tmp_path / name).read_bytes()
+        (tmp_path / f"half-{name}").write_bytes(data[: len(data) // 2])
+
+
+# file -> what the one-line error says, for the torch.load sources and the numpy.load ones
+TORCH_FILE_ERRORS = {
+    "empty": "with torch.load(weights_only=True): EOFError (the file is empty or cut short)",
+    "half-whole.pt": "with torch.load(weights_only=True): ",
+    "whole.npz": "with torch.load(weights_only=True): ",
+    "single.npy": "with torch.load(weights_only=True): ",
+}
+NPZ_FILE_ERRORS = {
+    "empty": "with numpy.load as an .npz archive: No data left in file (the file is empty",
+    "half-whole.npz": "with numpy.load as an .npz archive: File is not a zip file",
+    "single.npy": "with numpy.load as an .npz archive: it is a single .npy array",
+}
+
+
+@pytest.mark.parametrize("source", ["dc", "mtt", "kip", "frepo"])
+def test_damaged_or_foreign_files_are_one_line_errors(tmp_path, source, capsys):
+    write_damaged_files(tmp_path)
+    errors = NPZ_FILE_ERRORS if source in ("kip", "frepo") else TORCH_FILE_ERRORS
+    for name, message in errors.items():
+        path = tmp_path / name
+        args = ["import", "--from", source, str(path), str(tmp_path / "run"), "--dataset",
+                "cifar10", "--data-root", str(tmp_path / "no-data-here")]
+        if source == "mtt":
+            args += ["--labels", str(path), "--zca"]
+        assert main(args) == 2, name
+        assert f"cannot read {path} {message}" in one_error_line(capsys)
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_file_that_would_run_code_is_refused_without_running_it(tmp_path, cifar_root, capsys):
     marker = tmp_path / "ran"
     path = tmp_path / "evil.pt"

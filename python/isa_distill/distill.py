@@ -43,7 +43,7 @@ from . import checks, runs
 from .data import DatasetSplits, Split, allows_flip, class_balanced_subset, uses_zca_by_default
 from .data.preprocess import Preprocessor
 from .devices import AUTO, resolve_device
-from .draws import draw_rows, draw_seed, make_generators
+from .draws import check_seed, draw_rows, draw_seed, make_generators
 from .evaluate import centred_one_hot
 from .formation import as_training_set, check_formation, encode_mosaic
 from .optim import Lamb, fused_adam
@@ -157,6 +157,10 @@ class DistillConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(name, f"{name} must be a positive int, got {value!r}")
+        try:
+            check_seed(self.seed)
+        except ValueError as error:
+            raise ConfigError("seed", str(error)) from None
         if isinstance(self.val_every, bool) or not isinstance(self.val_every, int):
             raise ConfigError("val_every", f"val_every must be an int >= 0, got {self.val_every!r}")
         if self.val_every < 0:

@@ -11,6 +11,16 @@ import torch
 
 GENERATORS = ("data", "pool", "loss")  # target batches, feature networks, loss partners
 
+# A run's seed also seeds the validation hold-out, drawn by scikit-learn, which takes numpy's
+# 32-bit seeds; one range for every seed keeps a seed meaning the same run everywhere.
+MAX_SEED = 2**32 - 1
+
+
+def check_seed(seed: object, name: str = "seed") -> None:
+    """Raise ValueError naming ``name`` unless ``seed`` is an int in [0, MAX_SEED]."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise ValueError(f"{name} must be an int in [0, {MAX_SEED}], got {seed!r}")
+
 
 def make_generators(seed: int) -> dict[str, torch.Generator]:
     """Independent CPU streams: target batches, feature networks (the pool), loss partners."""

@@ -85,13 +85,27 @@ class PublishedSet:
 # ----------------------------------------------------------------------------- readers
 
 
+def _unreadable(path: Path, reader: str, error: BaseException) -> ImportFormatError:
+    """The loader's complaint, first line only, naming the file: a damaged, empty or foreign
+    file raises whatever its parser stumbles on (EOFError, zipfile.BadZipFile, OSError,
+    RuntimeError from torch's zip reader, ...), and all of them mean the same to the user."""
+    text = str(error).strip()
+    first_line = text.splitlines()[0] if text else type(error).__name__
+    if isinstance(error, EOFError) or (path.is_file() and path.stat().st_size == 0):
+        first_line = f"{first_line} (the file is empty or cut short)"
+    return ImportFormatError(f"cannot read {path} with {reader}: {first_line}")
+
+
 def _torch_file(path: Path) -> Any:
     """``torch.load`` without running pickled code; numpy scalars (DC stores its accuracies as
     numpy floats) are allowed."""
+    reader = "torch.load(weights_only=True)"
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
-        pass
+        pass  # refused a global: retried below with numpy's scalar types allowed
+    except Exception as error:  # the file itself is unreadable (see _unreadable)
+        raise _unreadable(path, reader, error) from error
     core = getattr(np, "_core", None) or np.core
     scalar = core.multiarray.scalar
     module = getattr(np, "dtypes", None)  # numpy >= 1.25
@@ -102,10 +116,8 @@ def _torch_file(path: Path) -> Any:
     try:
         with torch.serialization.safe_globals(allowed):
             return torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, TypeError) as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
-        raise ImportFormatError(f"cannot read {path} with torch.load(weights_only=True): "
-                                f"{first_line}") from error
+    except Exception as error:
+        raise _unreadable(path, reader, error) from error
 
 
 def _tensor(value: Any, what: str) -> torch.Tensor:
@@ -155,10 +167,14 @@ def read_mtt(path: Path, labels_path: Path | None = None) -> PublishedSet:
 
 def read_npz(path: Path, source: str) -> PublishedSet:
     try:
-        with np.load(path, allow_pickle=False) as arrays:
+        # Opened here, not by numpy, which leaves the file open when it is not a zip archive.
+        with open(path, "rb") as handle:
+            arrays = np.load(handle, allow_pickle=False)
+            if isinstance(arrays, np.ndarray):  # a bare .npy array, not named arrays
+                raise ValueError("it is a single .npy array, not an .npz archive of named arrays")
             stored = {key: arrays[key] for key in arrays.files}
-    except (OSError, ValueError) as error:
-        raise ImportFormatError(f"cannot read {path} as an .npz file: {error}") from error
+    except Exception as error:  # the file itself is unreadable (see _unreadable)
+        raise _unreadable(path, "numpy.load as an .npz archive", error) from error
     for image_key, label_key in (NPZ_KEYS[source], *NPZ_KEYS.values()):
         if image_key in stored and label_key in stored:
             images = torch.from_numpy(np.asarray(stored[image_key], dtype=np.float32))

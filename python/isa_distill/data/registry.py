@@ -27,6 +27,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..draws import check_seed
 from .cifar import CIFAR10_FILES, CIFAR100_FILES, load_cifar
 from .digits import load_digits_split
 from .errors import DatasetFormatError, DatasetNotFoundError
@@ -68,11 +69,12 @@ class ArgumentNames:
     root: str = "root=<folder>"
     image_size: str = "image_size"
     grayscale: str = "grayscale"
+    seed: str = "seed"
 
 
 PYTHON_NAMES = ArgumentNames()
 CLI_NAMES = ArgumentNames(root="--data-root <folder>", image_size="--image-size",
-                          grayscale="--grayscale")
+                          grayscale="--grayscale", seed="--seed")
 
 
 def uses_zca_by_default(name: str) -> bool:
@@ -221,6 +223,7 @@ def load_dataset(
         DatasetNotFoundError / DatasetFormatError: missing or unreadable files.
     """
     _check_name(name)
+    check_seed(seed, argument_names.seed)
     if name != "image-folder" and (image_size is not None or grayscale):
         names = argument_names
         raise ValueError(f"{names.image_size} and {names.grayscale} apply to image-folder only, "

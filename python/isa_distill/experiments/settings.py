@@ -25,6 +25,7 @@ from typing import Any
 
 from ..devices import resolve_device
 from ..distill import OPTIMIZERS
+from ..draws import check_seed
 from ..presets import PRESETS
 
 _EXPERIMENT_PRESETS: dict[str, dict[str, Any]] = {
@@ -74,8 +75,7 @@ class ExperimentSettings:
         if len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds must be distinct, got {list(self.seeds)}")
         for seed in self.seeds:
-            if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-                raise ValueError(f"seeds must be ints >= 0, got {seed!r}")
+            check_seed(seed, "every seed in seeds")
 
 
 def _check_positive(name: str, value: Any) -> None:
