@@ -9,7 +9,7 @@ import torch
 from conftest import BACKENDS, random_problem
 
 import isa_distill
-from isa_distill import ISAKRRLoss, isa_krr_loss
+from isa_distill import ISAKRRLoss, isa_krr_loss, krr_predict
 from isa_distill.autograd import isa_krr_forward, krr_predict_forward
 
 
@@ -66,6 +66,19 @@ def test_fake_shapes_match_real_outputs():
             fake_args = [mode.from_tensor(a) if isinstance(a, torch.Tensor) else a for a in args]
             fake = isa_krr_forward(*fake_args)
         assert [(t.shape, t.dtype) for t in fake] == [(t.shape, t.dtype) for t in real]
+
+
+def test_meta_tensors_give_shapes_without_reading_values():
+    # Shape inference (e.g. planning memory before allocating): "auto" defers the checks.
+    problem = random_problem(6, 5, 12, 3, seed=0, dtype=torch.float32).to(device="meta")
+    leaves = problem.requiring_grad()
+    loss = isa_krr_loss(*leaves.tensors, backend="auto", reduction="none")
+    loss.sum().backward()
+    assert loss.device.type == "meta" and loss.shape == (12,)
+    assert leaves.support_features.grad.shape == (6, 5)
+    assert krr_predict(*problem.tensors[:3]).shape == (12, 3)
+    with pytest.raises(ValueError, match="meta tensors do not have"):
+        isa_krr_loss(*problem.tensors, checks="eager")
 
 
 def test_compiled_call_matches_eager():

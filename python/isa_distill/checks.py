@@ -64,16 +64,21 @@ ERRORS = (Status.NONFINITE_ARG0 | Status.NONFINITE_ARG1 | Status.NONFINITE_ARG2
           | Status.NONFINITE_RESULT | Status.NONFINITE_GRADIENT | Status.KERNEL_OVERFLOW)
 
 
-def resolve_mode(checks: str) -> str:
-    """"auto" -> "deferred" while torch.compile traces, else "eager"."""
+def resolve_mode(checks: str, device: torch.device) -> str:
+    """"auto" -> "deferred" while torch.compile traces and for meta tensors (which have no
+    values to read: shape inference), else "eager"."""
     compiling = torch.compiler.is_compiling()
+    valueless = device.type == "meta"
     if checks == "auto":
-        return "deferred" if compiling else "eager"
+        return "deferred" if compiling or valueless else "eager"
     if checks == "eager" and compiling:
         raise ValueError(
             "checks='eager' reads tensor values on the host, which torch.compile cannot trace; "
             "use checks='auto' (deferred while compiling) or checks='deferred'"
         )
+    if checks == "eager" and valueless:
+        raise ValueError("checks='eager' reads tensor values, which meta tensors do not have; "
+                         "use checks='auto' or checks='deferred'")
     return checks
 
 

@@ -151,7 +151,7 @@ def isa_krr_loss(
         checks: "eager" raises before returning (the default outside ``torch.compile``);
             "deferred" never synchronises with the GPU and records problems in
             ``ISAInfo.status`` (see :mod:`isa_distill.checks`); "auto" picks "deferred" while
-            ``torch.compile`` traces the call.
+            ``torch.compile`` traces the call and for meta tensors (no values to check).
 
     Raises:
         ValueError: inconsistent shapes, empty inputs, options out of range, non-finite inputs,
@@ -184,8 +184,8 @@ def isa_krr_loss(
     tensors = dict(zip(LOSS_ARGUMENTS, (support_features, support_labels, target_features,
                                         target_labels)))
     n = target_features.shape[0]
-    mode = _checks.resolve_mode(checks)
     device = support_features.device
+    mode = _checks.resolve_mode(checks, device)
     backend = resolve_backend(backend, device)
     if mode == "eager":
         if backend != "rust":  # the native kernel checks its inputs itself, with this message
@@ -300,7 +300,7 @@ def krr_predict(
         checks=checks,
     )
     tensors = dict(zip(PREDICT_ARGUMENTS, (support_features, support_labels, query_features)))
-    mode = _checks.resolve_mode(checks)
+    mode = _checks.resolve_mode(checks, support_features.device)
     backend = resolve_backend(backend, support_features.device)
     if mode == "eager":
         if backend != "rust":  # the native kernel checks its inputs itself, with this message
