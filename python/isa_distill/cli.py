@@ -86,7 +86,7 @@ def _parser() -> argparse.ArgumentParser:
                      help="ZCA whitening (default: the protocol's rule for the dataset)")
     run.add_argument("--backend", choices=("auto", "rust", "torch"),
                      help="loss backend (default: auto = rust on CPU, torch elsewhere)")
-    run.add_argument("--seed", type=int, help="seed of every random draw (default: 0)")
+    run.add_argument("--seed", type=int, help="seed of every random draw, 0 to 2^32 - 1 (default: 0)")
     run.add_argument("--device", help="auto (default: CUDA when available, else the CPU; the "
                      "run records the device used), cpu, cuda, cuda:1, ...")
     run.add_argument("--autocast", action=argparse.BooleanOptionalAction, default=None,

@@ -133,7 +133,7 @@ class DistillConfig:
     # Multi-formation: each stored image decodes to F x F upsampled tiles (formation.py).
     formation: int = 1
     # Bookkeeping.
-    seed: int = 0
+    seed: int = 0  # in [0, 2**32 - 1]; seeds every draw of the run and the validation hold-out
     device: str = "auto"  # "auto": CUDA when available, else CPU; the run records which
     autocast: bool = False  # bfloat16 feature extraction on CUDA
     channels_last: bool = False  # NHWC pool models and target images (cuDNN's native layout)
