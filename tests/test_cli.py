@@ -244,6 +244,18 @@ def test_info_explains_the_validation_hold_out(capsys):
     assert "digits         found: 1437 train images = 1293 + 144 validation, 360 test" in out
 
 
+def test_info_lists_every_dataset_when_one_of_them_is_damaged(capsys, tmp_path, monkeypatch):
+    damaged = tmp_path / "cifar-10-batches-py"
+    damaged.mkdir()
+    (damaged / "batches.meta").write_bytes(b"not a pickle")
+    monkeypatch.setenv("ISA_DISTILL_DATA", str(tmp_path))
+    assert main(["info"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    [cifar] = [line for line in lines if line.startswith("  cifar10 ")]
+    assert "unusable: " in cifar and "batches.meta" in cifar
+    assert any(line.startswith("  cifar100 ") for line in lines)  # the listing went on
+
+
 def test_the_three_evaluation_bars_say_which_set_they_train_on(capsys, tmp_path):
     run_dir = tmp_path / "run"
     flags = [flag for flag in TINY if flag not in ("--quiet", "--no-full-data")]

@@ -740,7 +740,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
     import torch
 
-    from .data import CLI_NAMES, KNOWN_DATASETS, DatasetError, load_dataset
+    from .data import CLI_NAMES, KNOWN_DATASETS, DatasetError, DatasetNotFoundError, load_dataset
     from .runs import library_version
 
     print(f"isa-distill {library_version()}  (python {platform.python_version()})")
@@ -768,8 +768,10 @@ def cmd_info(args: argparse.Namespace) -> int:
             status = (f"found: {len(data.train) + len(data.val)} train images = {len(data.train)} "
                       f"+ {len(data.val)} validation, {len(data.test)} test, "
                       f"{data.num_classes} classes")
-        except DatasetError as error:
+        except DatasetNotFoundError as error:
             status = "not found (" + str(error).splitlines()[-1] + ")"
+        except (DatasetError, ValueError, OSError) as error:  # found, but not readable as it is
+            status = "unusable: " + " ".join(str(error).split())
         print(f"  {name:<14} {status}")
     return 0
 

@@ -6,6 +6,7 @@ run's other files.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +24,20 @@ MAX_COLUMNS = 10  # images per class shown; larger IPCs show their first 10
 
 
 def _save(figure: plt.Figure, path: Path, dpi: int) -> Path:
-    atomic_write(path, lambda tmp: figure.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight"))
+    with warnings.catch_warnings():
+        # Class names in scripts the default font lacks (CJK, ...) show as boxes; matplotlib
+        # would otherwise warn once per missing character.
+        warnings.filterwarnings("ignore", message=r"Glyph \d+ .* missing from", category=UserWarning)
+        atomic_write(path, lambda tmp: figure.savefig(tmp, format="png", dpi=dpi,
+                                                      bbox_inches="tight"))
     plt.close(figure)
     return path
+
+
+def _printable(name: object) -> str:
+    """A class name matplotlib can draw: characters that are not valid Unicode (a folder name
+    that was not UTF-8 arrives with surrogate escapes) become '?'."""
+    return str(name).encode("utf-8", errors="replace").decode("utf-8")
 
 
 def pixel_grid(distilled: Distilled) -> tuple[torch.Tensor, int]:
@@ -63,7 +75,8 @@ def plot_images(distilled: Distilled, path: str | Path) -> Path:
             axis.set_yticks([])
             for spine in axis.spines.values():
                 spine.set_visible(False)
-        axes[k][0].set_ylabel(names[k], rotation=0, ha="right", va="center", fontsize=10)
+        axes[k][0].set_ylabel(_printable(names[k]), rotation=0, ha="right", va="center",
+                              fontsize=10)
     ipc = distilled.meta.get("ipc", "?")
     steps = distilled.meta.get("steps_done", "?")
     title = f"{distilled.meta.get('dataset', '?')}: distilled set, IPC {ipc}, {steps} steps"
