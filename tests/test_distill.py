@@ -346,3 +346,22 @@ def test_flip_rule_follows_the_official_code():
     assert not default_flip("image-folder", 10, num_classes=200)
     assert default_flip("image-folder", 10, num_classes=10)
     assert not any(default_flip(name, 1) for name in ("digits", "mnist", "fashion-mnist"))
+
+
+def test_a_run_being_written_is_refused_to_a_second_process_and_released_after(tiny_digits,
+                                                                                tmp_path):
+    run_dir = tmp_path / "run"
+    distill(tiny_digits, tiny_config(steps=2), run_dir=run_dir, progress=False)
+    before = {p.name: p.stat().st_mtime_ns for p in run_dir.iterdir()}
+    # Another process writing the run (a second open of the directory: flock conflicts
+    # across open files, in one process as in two).
+    with runs.Run.open(run_dir).writing():
+        with pytest.raises(runs.RunInUseError, match="is in use"):
+            distill(tiny_digits, tiny_config(steps=4), run_dir=run_dir, resume=True,
+                    progress=False)
+    assert {p.name: p.stat().st_mtime_ns for p in run_dir.iterdir()} == before
+    resumed = distill(tiny_digits, tiny_config(steps=4), run_dir=run_dir, resume=True,
+                      progress=False)  # the lock went with the other writer, and with ours
+    assert resumed.steps_done == 4
+    with runs.Run.open(run_dir).writing():
+        pass  # free again after a run

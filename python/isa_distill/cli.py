@@ -838,13 +838,14 @@ def _reporting_errors(command, timeout: float | None) -> int:
     (``from_writer``), which rank 0 alone prints."""
     from .data import DatasetError
     from .distributed import DEFAULT_TIMEOUT, DistributedError, launch, reported_elsewhere
-    from .runs import RunExistsError, RunNotFoundError
+    from .runs import RunExistsError, RunInUseError, RunNotFoundError
 
     with launch(DEFAULT_TIMEOUT if timeout is None else timeout) as parallel:
         where = "" if parallel.writes else f" (rank {parallel.rank})"
         try:
             return command(parallel)
-        except (CliError, ValueError, DatasetError, RunExistsError, RunNotFoundError) as error:
+        except (CliError, ValueError, DatasetError, RunExistsError, RunNotFoundError,
+                RunInUseError) as error:
             if not reported_elsewhere(error):
                 message = " ".join(_in_flag_words(error).split())  # one line, even for many
                 print(f"{PROG}: error{where}: {message}", file=sys.stderr)

@@ -28,6 +28,7 @@ writes the run directory and shows progress (docs/distributed.md).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import time
@@ -570,13 +571,22 @@ def distill(
     see ``cosine_lr``). A run without a checkpoint, or whose files do not match the sha256s in
     its meta.json, is refused (``runs.RunNotFoundError`` / ``runs.RunDamagedError``).
     Without ``resume``, an existing non-empty ``run_dir`` is refused (``runs.RunExistsError``)
-    and left untouched.
+    and left untouched. While a run is written, another process distilling into the same
+    ``run_dir`` is refused (``runs.RunInUseError``) before it writes anything.
 
     ``parallel``: the ranks of a torchrun launch (``isa_distill.distributed.launch``), each of
     which calls ``distill`` with the same arguments; rank 0 alone reads and writes ``run_dir``
     (a run with local shard semantics resumes only on as many ranks, see
     ``check_world_size``). None: this process alone.
     """
+    with contextlib.ExitStack() as held:  # the run directory's lock, from when there is a run
+        return _distill(data, config, run_dir, resume, progress, loss_fn, target_transform,
+                        parallel, on_log, held)
+
+
+def _distill(data, config, run_dir, resume, progress, loss_fn, target_transform, parallel,
+             on_log, held: contextlib.ExitStack) -> DistillResult:
+    """``distill``, with the run's lock entered into ``held``."""
     if resume and run_dir is None:
         raise ValueError("resume=True needs the run_dir of the run to continue")
     parallel = SINGLE_PROCESS if parallel is None else parallel
@@ -599,6 +609,8 @@ def distill(
     if not resume and run_dir is not None:  # after every check, so no empty run is left
         run = parallel.from_writer(lambda: runs.Run.create(run_dir))
     run = run if parallel.writes else None  # the other ranks never touch the run directory
+    if run_dir is not None:  # refuses a second process writing the run, on every rank
+        parallel.from_writer(lambda: held.enter_context(run.writing()))
     if run is not None and checkpoint is None:
         run.write_meta(data, config, preprocessor, flip=flip, steps_done=0,
                        world_size=parallel.world_size)

@@ -34,10 +34,15 @@ A kill before 2 leaves the old file and the old meta.json; between 2 and 3 the o
 its hash recorded and the new one pending; after the move the new file with its hash pending.
 A loader therefore accepts a file whose hash is the recorded or the pending one, and nothing
 else. Runs written before hashes were recorded (no ``"sha256"`` in meta.json) load unchecked.
+
+One process writes a run at a time: ``Run.writing()`` holds an exclusive ``flock`` on the
+directory itself (no lock file to leave behind; the kernel drops it when the process dies), and
+a second distillation of the same directory is refused (``RunInUseError``) before it writes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import hashlib
@@ -46,13 +51,18 @@ import json
 import os
 import secrets
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import SafetensorError
+
+try:
+    import fcntl
+except ImportError:  # not on Windows, where runs are not locked
+    fcntl = None
 from safetensors.torch import load_file, save_file
 
 from .data.preprocess import Preprocessor
@@ -98,6 +108,10 @@ class RunExistsError(FileExistsError):
 
 class RunNotFoundError(FileNotFoundError):
     """The path is not a run directory (or lacks the file needed)."""
+
+
+class RunInUseError(RuntimeError):
+    """Another process is distilling into the run directory."""
 
 
 class RunDamagedError(RunNotFoundError):
@@ -353,6 +367,26 @@ class Run:
         # Fields added to the config since the run was written get their defaults.
         meta["config"] = DistillConfig.from_dict(meta["config"]).to_dict()
         return cls(path, meta)
+
+    @contextlib.contextmanager
+    def writing(self) -> Iterator[None]:
+        """Hold the run directory's lock while this process writes it: another process that
+        tries to write the same run meanwhile gets ``RunInUseError``."""
+        if fcntl is None:
+            yield
+            return
+        handle = os.open(self.path, os.O_RDONLY)
+        try:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise RunInUseError(
+                    f"run directory {self.path} is in use: another process is distilling into "
+                    "it; wait for that one to finish (or stop it) and resume then"
+                ) from None
+            yield
+        finally:
+            os.close(handle)  # releases the lock
 
     @classmethod
     def open_for_resume(cls, path: str | os.PathLike, data) -> Run:
