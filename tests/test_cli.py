@@ -443,3 +443,43 @@ def test_data_errors_name_the_flag_not_the_python_argument(capsys, tmp_path, mon
     assert "root=" not in line
     assert main(["info"]) == 0
     assert "root=" not in capsys.readouterr().out
+
+
+def interrupt_in_step(monkeypatch, step: int) -> None:
+    """Ctrl-C (KeyboardInterrupt) inside the ``step``-th outer step."""
+    from isa_distill import distill as distill_module
+
+    real_step = distill_module.OuterStep.__call__
+    calls = {"n": 0}
+
+    def interrupted_step(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == step:
+            raise KeyboardInterrupt
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(distill_module.OuterStep, "__call__", interrupted_step)
+
+
+@pytest.mark.parametrize("step, advice", [
+    (4, "interrupted; continue with: isa-distill distill --resume --run-dir {run}"),
+    (1, "interrupted before the first checkpoint, so there is nothing to resume; delete {run} "
+        "and run the same command again"),
+])  # fmt: skip
+def test_ctrl_c_names_the_run_and_says_how_to_go_on(capsys, tmp_path, monkeypatch, step,
+                                                    advice):
+    run_dir = tmp_path / "run"
+    interrupt_in_step(monkeypatch, step)
+    assert main(["distill", "--ipc", "1", "--steps", "6", "--run-dir", str(run_dir), *TINY]) == 130
+    assert capsys.readouterr().err.strip() == "isa-distill: " + advice.format(run=run_dir)
+
+
+def test_a_path_the_system_refuses_is_one_line_not_a_traceback(capsys, tmp_path):
+    run_dir = tmp_path / "run"
+    assert main(["distill", "--ipc", "1", "--steps", "2", "--run-dir", str(run_dir), "--no-eval",
+                 *TINY]) == 0  # fmt: skip
+    capsys.readouterr()
+    (tmp_path / "afile").write_text("")
+    out = tmp_path / "afile" / "sub"
+    assert main(["export", str(run_dir), "--format", "npz", "--out", str(out)]) == 1
+    assert error_line(capsys) == f"isa-distill: error: Not a directory: {out}"

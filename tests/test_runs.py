@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -127,6 +128,34 @@ def test_checkpoint_interrupted_mid_save_leaves_the_previous_one(tmp_path, monke
     monkeypatch.undo()
     assert run.load_checkpoint()["step"] == 1
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [CHECKPOINT, META]
+
+
+@pytest.mark.parametrize("save", ["checkpoint", "distilled"])
+def test_a_full_disk_is_an_os_error_naming_the_file_and_keeps_the_previous_one(
+    tmp_path, monkeypatch, save
+):
+    import errno
+
+    run = Run.create(tmp_path / "run")
+    preprocessor = Preprocessor.fit(torch.rand(20, 1, 4, 4), zca=False)
+    run.save_checkpoint({"step": 1})
+    run.write_distilled(torch.zeros(2, 1, 4, 4), torch.zeros(2, 2), preprocessor)
+    before = {p.name: p.read_bytes() for p in run.path.iterdir()}
+    real_write_bytes = Path.write_bytes
+
+    def full_disk(self, data):
+        real_write_bytes(self, data[: len(data) // 2])
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(Path, "write_bytes", full_disk)
+    name = CHECKPOINT if save == "checkpoint" else DISTILLED
+    with pytest.raises(OSError, match=f"cannot write {run.path / name}: No space left on device"):
+        if save == "checkpoint":
+            run.save_checkpoint({"step": 2})
+        else:
+            run.write_distilled(torch.ones(2, 1, 4, 4), torch.ones(2, 2), preprocessor)
+    monkeypatch.undo()
+    assert {p.name: p.read_bytes() for p in run.path.iterdir()} == before  # no temporary left
 
 
 def test_create_refuses_a_non_empty_directory_and_accepts_an_empty_one(tmp_path):

@@ -29,6 +29,7 @@ from pathlib import Path
 
 PROG = "isa-distill"
 USAGE_ERROR = 2
+INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 DEFAULT_DATASET = "digits"
 DEFAULT_IPC = 10
 # ``distill`` flags that set the DistillConfig field of the same name.
@@ -315,6 +316,10 @@ def cmd_distill(args: argparse.Namespace, parallel) -> int:
     try:
         result = distill(data, config, run_dir=run_dir, resume=args.resume,
                          progress=not args.quiet, parallel=parallel, on_log=on_log)
+    except KeyboardInterrupt:
+        if parallel.writes:
+            print(f"{PROG}: {_interrupted(Path(run_dir))}", file=sys.stderr)
+        return INTERRUPTED
     finally:
         if on_log is not None:
             on_log.close()
@@ -324,6 +329,18 @@ def cmd_distill(args: argparse.Namespace, parallel) -> int:
     if not args.no_eval:
         _print_evaluation(run_dir, data, args, device=result.config.device, parallel=parallel)
     return 0
+
+
+def _interrupted(run_dir: Path) -> str:
+    """What an interrupted distillation leaves, and how to go on."""
+    from .runs import CHECKPOINT
+
+    if (run_dir / CHECKPOINT).is_file():
+        return f"interrupted; continue with: {PROG} distill --resume --run-dir {run_dir}"
+    if run_dir.is_dir() and any(run_dir.iterdir()):
+        return (f"interrupted before the first checkpoint, so there is nothing to resume; "
+                f"delete {run_dir} and run the same command again")
+    return "interrupted"
 
 
 def _check_data_fits(data, config) -> None:
@@ -853,11 +870,21 @@ def _reporting_errors(command, timeout: float | None) -> int:
         except DistributedError as error:
             print(f"{PROG}: error{where}: {error}", file=sys.stderr)
             return 1
+        except OSError as error:  # the system refused: disk full, read-only, permissions, ...
+            print(f"{PROG}: error{where}: {_os_error_line(error)}", file=sys.stderr)
+            return 1
         except KeyboardInterrupt:
             if parallel.writes:
-                print(f"{PROG}: interrupted; continue with --resume --run-dir <run>",
-                      file=sys.stderr)
-            return 130
+                print(f"{PROG}: interrupted", file=sys.stderr)
+            return INTERRUPTED
+
+
+def _os_error_line(error: OSError) -> str:
+    """'REASON: PATH' when the error names a file, else its own text; one line."""
+    text = error.strerror or str(error)
+    if error.filename is not None:
+        text = f"{text}: {error.filename}"
+    return " ".join(text.split())
 
 
 if __name__ == "__main__":  # pragma: no cover

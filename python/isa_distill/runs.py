@@ -63,7 +63,7 @@ try:
     import fcntl
 except ImportError:  # not on Windows, where runs are not locked
     fcntl = None
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from .data.preprocess import Preprocessor
 from .formation import as_training_set, check_formation
@@ -157,10 +157,20 @@ def synced_sibling(path: Path, write: Callable[[Path], None]) -> Path:
         os.chmod(tmp, mode)
         with open(tmp, "rb") as written:
             os.fsync(written.fileno())
+    except OSError as error:  # disk full, ...: name the file being written, not its sibling
+        tmp.unlink(missing_ok=True)
+        message = f"cannot write {path}: {error.strerror or error}"
+        raise (OSError(error.errno, message) if error.errno else OSError(message)) from error
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     return tmp
+
+
+def _serialised(to_bytes: Callable[[], bytes]) -> Callable[[Path], None]:
+    """A writer of ``to_bytes()`` through Python's file I/O: torch and safetensors report a full
+    disk as an opaque RuntimeError / SafetensorError, Python's write as OSError ENOSPC."""
+    return lambda tmp: tmp.write_bytes(to_bytes())
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
@@ -529,7 +539,12 @@ class Run:
     # ------------------------------------------------------------------ checkpoint
 
     def save_checkpoint(self, state: dict[str, Any]) -> None:
-        self._write_hashed(CHECKPOINT, lambda tmp: torch.save(state, tmp))
+        def to_bytes() -> bytes:
+            buffer = io.BytesIO()
+            torch.save(state, buffer)
+            return buffer.getvalue()
+
+        self._write_hashed(CHECKPOINT, _serialised(to_bytes))
 
     def check_resumable(self) -> None:
         """Raise ``RunNotFoundError`` when there is no checkpoint to continue from."""
@@ -563,7 +578,7 @@ class Run:
         tensors, _ = _preprocessor_parts(preprocessor)
         tensors["images"] = images.detach().cpu().contiguous()
         tensors["labels"] = labels.detach().cpu().contiguous()
-        self._write_hashed(DISTILLED, lambda tmp: save_file(tensors, str(tmp)))
+        self._write_hashed(DISTILLED, _serialised(lambda: save(tensors)))
 
     # ------------------------------------------------------------------ log.csv
 
