@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import csv
+import errno
 import json
+import os
 from types import SimpleNamespace
 
 import numpy as np
@@ -130,3 +132,38 @@ def test_cli_export_and_its_errors(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["export", str(run_dir), "--format", "jpeg", "--out", str(tmp_path / "o3")])
     assert "invalid choice: 'jpeg'" in capsys.readouterr().err
+
+
+def full_disk(*args, **kwargs):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+@pytest.mark.parametrize("format", ["png", "npz"])
+def test_a_failed_export_leaves_nothing_and_a_second_try_succeeds(tmp_path, monkeypatch, format):
+    run_dir = make_run(tmp_path / "run", channels=1, zca=False)
+    out = tmp_path / "out"
+    real_save = Image.Image.save
+    saved = []
+
+    def disk_full_after_two_images(image, path, *args, **kwargs):
+        if len(saved) == 2:
+            full_disk()
+        saved.append(path)
+        return real_save(image, path, *args, **kwargs)
+
+    monkeypatch.setattr(Image.Image, "save", disk_full_after_two_images)
+    monkeypatch.setattr(np, "savez", full_disk)
+    with pytest.raises(OSError, match="No space left on device"):
+        export_run(run_dir, format, out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # no partial folder left
+    monkeypatch.undo()
+    written = export_run(run_dir, format, out)
+    assert written and all(path.is_relative_to(out) and path.is_file() for path in written)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "run"]
+
+
+def test_long_class_names_are_cut_to_a_valid_file_name():
+    [name] = folder_names(["x" * 300])
+    assert name == "x" * 200
+    [name] = folder_names(["猫" * 100])  # 3 bytes each: cut at a character boundary
+    assert name == "猫" * 66 and len(name.encode()) <= 200

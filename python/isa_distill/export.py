@@ -16,7 +16,9 @@ images are written as one-channel PNGs. ``labels.csv`` has one row per image: ``
 ``label_{C-1}``, which a PNG cannot hold; train on those with MSE for the set's full accuracy.
 
 A class name that is not a valid file name (e.g. Fashion-MNIST's ``T-shirt/top``) has every
-character other than letters, digits, ``-``, ``_``, ``.`` and spaces replaced by ``-``.
+character other than letters, digits, ``-``, ``_``, ``.`` and spaces replaced by ``-``, and is
+cut to 200 bytes. The files are written into a hidden sibling folder renamed to the output
+folder at the end, so a failed export leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ import csv
 import json
 import os
 import re
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +39,7 @@ from .runs import Distilled, load_distilled
 FORMATS = ("png", "image-folder", "npz")
 NPZ_FILE = "distilled.npz"
 LABELS_CSV = "labels.csv"
+MAX_NAME_BYTES = 200  # of a class name in file names (file systems allow 255 per name)
 NPZ_KEYS = {
     "images": "float32 (M, c, h, w): the images in network input space (what the networks see)",
     "labels": "float32 (M, C): the learned soft labels; train with MSE on them",
@@ -61,18 +66,31 @@ def export_run(run_dir: str | os.PathLike, format: str, out: str | os.PathLike) 
     if format not in FORMATS:
         raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {format!r}")
     distilled = load_distilled(run_dir)
-    out = _new_folder(Path(out))
-    if format == "npz":
-        return [_write_npz(distilled, out / NPZ_FILE)]
-    return _write_pictures(distilled, out, per_class_folders=format == "image-folder")
+    out = Path(out)
+    _check_new_folder(out)
+    # Written into a hidden sibling and renamed at the end: a failure (a full disk, a name the
+    # file system refuses) leaves no half-exported folder that a second try would refuse.
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        if format == "npz":
+            written = [_write_npz(distilled, partial / NPZ_FILE)]
+        else:
+            written = _write_pictures(distilled, partial,
+                                      per_class_folders=format == "image-folder")
+        if out.is_dir():
+            out.rmdir()  # empty, checked above
+        partial.rename(out)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    return [out / path.relative_to(partial) for path in written]
 
 
-def _new_folder(out: Path) -> Path:
+def _check_new_folder(out: Path) -> None:
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         what = "is not a folder" if not out.is_dir() else "already exists and is not empty"
         raise FileExistsError(f"{out} {what}; choose another output folder (nothing was written)")
-    out.mkdir(parents=True, exist_ok=True)
-    return out
 
 
 def class_of_each_image(distilled: Distilled) -> torch.Tensor:
@@ -85,7 +103,9 @@ def folder_names(class_names: list[str]) -> list[str]:
     """File-system-safe, distinct names for the classes (see the module docstring)."""
     names: list[str] = []
     for index, name in enumerate(class_names):
-        safe = re.sub(r"[^\w\-. ]", "-", str(name)).strip(" .") or f"class-{index}"
+        safe = re.sub(r"[^\w\-. ]", "-", str(name))
+        safe = safe.encode()[:MAX_NAME_BYTES].decode(errors="ignore").strip(" .")
+        safe = safe or f"class-{index}"
         names.append(safe if safe not in names else f"{safe}-{index}")
     return names
 
