@@ -483,3 +483,18 @@ def test_a_path_the_system_refuses_is_one_line_not_a_traceback(capsys, tmp_path)
     out = tmp_path / "afile" / "sub"
     assert main(["export", str(run_dir), "--format", "npz", "--out", str(out)]) == 1
     assert error_line(capsys) == f"isa-distill: error: Not a directory: {out}"
+
+
+def test_show_still_shows_a_run_whose_pictures_cannot_be_written(capsys, tmp_path):
+    run_dir = tmp_path / "run"
+    assert main(["distill", "--ipc", "1", "--steps", "2", "--run-dir", str(run_dir), "--no-eval",
+                 *TINY]) == 0  # fmt: skip
+    (run_dir / "images.png").unlink()
+    (run_dir / "images.png").mkdir()  # as a read-only or odd run directory would refuse it
+    before = sorted(p.name for p in run_dir.iterdir())
+    capsys.readouterr()
+    assert main(["show", str(run_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "progress   2 / 2 steps" in out
+    assert "pictures   not written: " in out and "images.png" in out
+    assert sorted(p.name for p in run_dir.iterdir()) == before  # no temporary file left

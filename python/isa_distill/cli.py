@@ -299,7 +299,6 @@ def _check_eval_options(args: argparse.Namespace) -> None:
 
 def cmd_distill(args: argparse.Namespace, parallel) -> int:
     from .distill import distill
-    from .plots import render_run
 
     say = _say(parallel)
     # Rank 0 checks the request and picks the run directory; every rank gets its answer.
@@ -323,12 +322,24 @@ def cmd_distill(args: argparse.Namespace, parallel) -> int:
     finally:
         if on_log is not None:
             on_log.close()
-    pictures = parallel.from_writer(lambda: render_run(run_dir))
+    pictures = parallel.from_writer(lambda: _render_pictures(run_dir, names_only=True))
     say(f"\ndistilled {result.steps_done} steps in {result.elapsed:.1f} s; run written to "
-        f"{run_dir}/ ({', '.join(p.name for p in pictures)})")
+        f"{run_dir}/ (pictures: {pictures})")
     if not args.no_eval:
         _print_evaluation(run_dir, data, args, device=result.config.device, parallel=parallel)
     return 0
+
+
+def _render_pictures(run_dir, *, names_only: bool = False) -> str:
+    """(Re-)draw the run's pictures; which were written, or why none were (a read-only run is
+    still shown, a finished run still reported)."""
+    from .plots import render_run
+
+    try:
+        pictures = render_run(run_dir)
+    except OSError as error:
+        return f"not written: {_os_error_line(error)}"
+    return ", ".join(p.name if names_only else str(p) for p in pictures)
 
 
 def _interrupted(run_dir: Path) -> str:
@@ -666,11 +677,10 @@ def _method_name(config: dict) -> str:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from .plots import render_run
     from .runs import LOG, load_distilled, read_log
 
     distilled = load_distilled(args.run_dir)
-    pictures = render_run(args.run_dir)
+    pictures = _render_pictures(args.run_dir)
     meta = distilled.meta
     config = meta["config"]
     rows = read_log(Path(args.run_dir) / LOG)
@@ -687,7 +697,7 @@ def cmd_show(args: argparse.Namespace) -> int:
         print(f"preprocess {source.get('preprocessing', '?')}")
         print(f"evaluation {config['arch']} width {config['width']} depth {config['depth']}, "
               f"no normalisation")
-        print(f"pictures   {', '.join(str(p) for p in pictures)}")
+        print(f"pictures   {pictures}")
         return 0
     print(f"method     {_method_name(config)}, partner={config['partner']}, "
           f"optimizer={config['optimizer']}, flip={meta['flip']}, "
@@ -714,7 +724,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     if measured:
         history = ", ".join(f"{100 * r['val_acc']:.1f}% @ {r['step']}" for r in measured[-5:])
         print(f"val acc    {history}")
-    print(f"pictures   {', '.join(str(p) for p in pictures)}")
+    print(f"pictures   {pictures}")
     return 0
 
 

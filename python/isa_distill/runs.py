@@ -176,7 +176,12 @@ def _serialised(to_bytes: Callable[[], bytes]) -> Callable[[Path], None]:
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     """Write ``path`` through a synced temporary sibling moved into place: a kill leaves the old
     or the new version, never half of one."""
-    os.replace(synced_sibling(path, write), path)
+    tmp = synced_sibling(path, write)
+    try:
+        os.replace(tmp, path)
+    except OSError:  # e.g. a directory where the file goes: leave no temporary behind
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def atomic_write_text(path: Path, text: str) -> None:
