@@ -474,15 +474,24 @@ def test_ctrl_c_names_the_run_and_says_how_to_go_on(capsys, tmp_path, monkeypatc
     assert capsys.readouterr().err.strip() == "isa-distill: " + advice.format(run=run_dir)
 
 
-def test_a_path_the_system_refuses_is_one_line_not_a_traceback(capsys, tmp_path):
+def test_a_path_the_system_refuses_is_one_line_not_a_traceback(capsys, tmp_path, monkeypatch):
     run_dir = tmp_path / "run"
     assert main(["distill", "--ipc", "1", "--steps", "2", "--run-dir", str(run_dir), "--no-eval",
                  *TINY]) == 0  # fmt: skip
     capsys.readouterr()
     (tmp_path / "afile").write_text("")
     out = tmp_path / "afile" / "sub"
-    assert main(["export", str(run_dir), "--format", "npz", "--out", str(out)]) == 1
-    assert error_line(capsys) == f"isa-distill: error: Not a directory: {out}"
+    assert main(["export", str(run_dir), "--format", "npz", "--out", str(out)]) == 2
+    assert f"--out {out} cannot be made: {tmp_path / 'afile'}, on its path, is a file" in (
+        error_line(capsys))
+    from isa_distill import export
+
+    def refused(run_dir, format, out):
+        raise PermissionError(13, "Permission denied", str(out))
+
+    monkeypatch.setattr(export, "export_run", refused)
+    assert main(["export", str(run_dir), "--format", "npz", "--out", "/x"]) == 1
+    assert error_line(capsys) == "isa-distill: error: Permission denied: /x"
 
 
 def test_show_still_shows_a_run_whose_pictures_cannot_be_written(capsys, tmp_path):

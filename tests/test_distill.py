@@ -365,3 +365,21 @@ def test_a_run_being_written_is_refused_to_a_second_process_and_released_after(t
     assert resumed.steps_done == 4
     with runs.Run.open(run_dir).writing():
         pass  # free again after a run
+
+
+def test_a_foreign_checkpoint_in_a_run_without_hashes_is_refused(tiny_digits, tmp_path):
+    # Runs written before hashes were recorded load unchecked: the checkpoint's own content
+    # must still belong to the run.
+    run_dir = tmp_path / "run"
+    distill(tiny_digits, tiny_config(steps=2), run_dir=run_dir, progress=False)
+    older = torch.load(run_dir / CHECKPOINT, weights_only=True)
+    distill(tiny_digits, tiny_config(steps=4), run_dir=run_dir, resume=True, progress=False)
+    meta = json.loads((run_dir / META).read_text())
+    del meta["sha256"], meta["sha256_pending"]
+    (run_dir / META).write_text(json.dumps(meta))
+    for foreign, message in (({}, r"it lacks \['step'"), ({**older, "step": "x"}, "its step is .x., not a count"),
+                             (older, "it holds step 2, but meta.json says 4 steps were done")):
+        torch.save(foreign, run_dir / CHECKPOINT)
+        with pytest.raises(runs.RunDamagedError, match="is not this run's checkpoint: " + message):
+            distill(tiny_digits, tiny_config(steps=6), run_dir=run_dir, resume=True,
+                    progress=False)

@@ -183,6 +183,15 @@ def test_log_skips_a_torn_line_and_truncates_on_resume(tmp_path):
     assert [row["step"] for row in read_log(tmp_path / "run" / LOG)] == [1, 2]
 
 
+def test_log_lines_that_are_not_utf8_are_skipped_like_torn_ones(tmp_path):
+    run = Run.create(tmp_path / "run")
+    run.append_log({"step": 1, "loss": 0.5, "lr": 1e-3, "val_acc": None, "elapsed": 1.0})
+    with open(tmp_path / "run" / LOG, "ab") as handle:
+        handle.write(b"2,\xb7\xff\xfe,0.001,,3.0\n")  # a damaged sector, say
+    run.append_log({"step": 3, "loss": 0.25, "lr": 1e-3, "val_acc": None, "elapsed": 3.0})
+    assert [row["step"] for row in read_log(tmp_path / "run" / LOG)] == [1, 3]
+
+
 def test_load_distilled_reports_what_is_missing(tmp_path):
     with pytest.raises(RunNotFoundError, match="not a run directory"):
         load_distilled(tmp_path)
@@ -381,6 +390,22 @@ def test_a_broken_meta_json_is_a_clear_error(tmp_path, change, message):
     for load in (Run.open, load_distilled):
         with pytest.raises(RunDamagedError, match=r"meta\.json is damaged: .*" + message):
             load(run.path)
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    (lambda meta: {**meta, "num_classes": 0}, "num_classes 0 and ipc 2 must be positive"),
+    (lambda meta: {**meta, "ipc": -1}, "must be positive"),
+    (lambda meta: {**meta, "num_classes": 11}, r"num_classes 11 x ipc 2 != the 4 stored images"),
+    (lambda meta: {**meta, "num_classes": 4, "ipc": 1, "class_names": list("abcd")},
+     r"the stored labels are \(4, 2\), not \(4, num_classes 4\)"),
+    (lambda meta: {**meta, "class_names": ["a"]}, "1 class_names for num_classes 2"),
+])  # fmt: skip
+def test_meta_json_that_disagrees_with_the_stored_set_is_a_clear_error(tmp_path, change,
+                                                                        message):
+    run, *_ = written_run(tmp_path, zca=False)
+    break_meta(run.path, change)
+    with pytest.raises(RunDamagedError, match=r"meta\.json is damaged: .*" + message):
+        load_distilled(run.path)
 
 
 def test_config_fields_missing_from_an_older_run_get_their_defaults(tmp_path):

@@ -441,6 +441,26 @@ class LossWindow:
 # ----------------------------------------------------------------------------- checkpoint dict
 
 
+CHECKPOINT_KEYS = ("step", "support_images", "support_labels", "optimizer", "rng", "elapsed")
+
+
+def checkpoint_problem(checkpoint: Any, steps_done: int) -> str | None:
+    """What makes a loaded checkpoint unusable for a run that has done ``steps_done`` steps, or
+    None. Runs written before hashes were recorded load unchecked, so a foreign file gets here."""
+    if not isinstance(checkpoint, dict):
+        return f"it holds a {type(checkpoint).__name__}, not a dict"
+    missing = [key for key in CHECKPOINT_KEYS if key not in checkpoint]
+    if missing:
+        return f"it lacks {missing}"
+    step = checkpoint["step"]
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        return f"its step is {step!r}, not a count"
+    if step < steps_done:  # the loop saves the checkpoint before meta.json's count
+        return (f"it holds step {step}, but meta.json says {steps_done} steps were done (a "
+                "checkpoint of another run, or an older one)")
+    return None
+
+
 def checkpoint_state(step, support_images, support_labels, optimizer, source, generators,
                      elapsed, log_temperature=None) -> dict[str, Any]:
     """Everything the loop needs to continue bit-identically, as a plain dict of CPU tensors:
@@ -528,6 +548,10 @@ def checked_request(data: DatasetSplits, config: DistillConfig | None, run_dir, 
         config = resumed_config(run.meta, config)
         check_world_size(run, config, parallel.world_size)
         checkpoint = run.load_checkpoint()  # raises when missing or damaged
+        problem = checkpoint_problem(checkpoint, run.meta["steps_done"])
+        if problem:
+            raise runs.RunDamagedError(f"{run.path / runs.CHECKPOINT} is not this run's "
+                                       f"checkpoint: {problem}")
         if config.steps < checkpoint["step"]:
             raise ValueError(f"steps={config.steps} is fewer than the {checkpoint['step']} steps "
                              f"run {run.path} has done; pass steps >= {checkpoint['step']}")

@@ -88,9 +88,14 @@ def export_run(run_dir: str | os.PathLike, format: str, out: str | os.PathLike) 
 
 
 def _check_new_folder(out: Path) -> None:
+    blocking = next((part for part in out.parents if part.exists()), None)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         what = "is not a folder" if not out.is_dir() else "already exists and is not empty"
-        raise FileExistsError(f"{out} {what}; choose another output folder (nothing was written)")
+    elif blocking is not None and not blocking.is_dir():
+        what = f"cannot be made: {blocking}, on its path, is a file"
+    else:
+        return
+    raise FileExistsError(f"{out} {what}; choose another output folder (nothing was written)")
 
 
 def class_of_each_image(distilled: Distilled) -> torch.Tensor:

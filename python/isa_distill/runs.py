@@ -572,9 +572,14 @@ class Run:
         self.verify(CHECKPOINT)
         path = self.path / CHECKPOINT
         try:
-            return torch.load(path, map_location="cpu", weights_only=True)
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as error:  # torch raises several types for a damaged pickle/zip
-            raise RunDamagedError(f"cannot read checkpoint {path}: {error}") from error
+            # The first line only: torch goes on to suggest weights_only=False, which would run
+            # whatever code a foreign file holds.
+            text = str(error).strip()
+            reason = text.splitlines()[0] if text else type(error).__name__
+            raise RunDamagedError(f"cannot read checkpoint {path}: {reason}") from error
+        return checkpoint
 
     # ------------------------------------------------------------------ distilled set
 
@@ -612,11 +617,12 @@ class Run:
 
 
 def read_log(path: Path) -> list[dict[str, Any]]:
-    """Parsed log rows; a torn last line from a killed run is skipped."""
+    """Parsed log rows; a torn last line from a killed run is skipped, like any line that is
+    not a log row (bytes that are not UTF-8 become U+FFFD and fail to parse)."""
     if not path.is_file():
         return []
     rows = []
-    with open(path, newline="", encoding="utf-8") as handle:
+    with open(path, newline="", encoding="utf-8", errors="replace") as handle:
         for raw in csv.DictReader(handle):
             try:
                 row = {
@@ -694,4 +700,25 @@ def load_distilled(path: str | os.PathLike) -> Distilled:
         preprocessor = Preprocessor.from_state_dict(state)
     except ValueError as error:
         raise RunDamagedError(f"{folder}: stored preprocessing is incomplete: {error}") from error
+    problems = _set_problems(run.meta, tensors["images"], tensors["labels"])
+    if problems:
+        raise _damaged_meta(folder, problems)
     return Distilled(tensors["images"], tensors["labels"], run.meta, preprocessor)
+
+
+def _set_problems(meta: dict[str, Any], images: torch.Tensor, labels: torch.Tensor) -> list[str]:
+    """Where meta.json's description of the set disagrees with the stored tensors (a file
+    edited by hand or taken from another run): every later use would fail or mislabel."""
+    classes, ipc = meta["num_classes"], meta["ipc"]
+    names = meta.get("class_names")
+    problems = []
+    if classes < 1 or ipc < 1:
+        problems.append(f"num_classes {classes} and ipc {ipc} must be positive")
+    elif images.ndim != 4 or len(images) != classes * ipc:
+        problems.append(f"num_classes {classes} x ipc {ipc} != the {len(images)} stored images")
+    if labels.ndim == 2 and labels.shape != (len(images), classes):
+        problems.append(f"the stored labels are {tuple(labels.shape)}, not ({len(images)}, "
+                        f"num_classes {classes})")
+    if names and len(names) != classes:
+        problems.append(f"{len(names)} class_names for num_classes {classes}")
+    return problems
