@@ -279,3 +279,8 @@ def test_bad_seed_is_rejected_before_reading_files(seed, tmp_path):
     # A missing dataset would say so; the seed is checked first.
     with pytest.raises(ValueError, match=r"seed must be an int in \[0, 4294967295\]"):
         load_dataset("cifar10", tmp_path, seed=seed)
+
+
+def test_an_image_size_too_large_to_hold_is_refused_before_reading(tmp_path):
+    with pytest.raises(ValueError, match="image_size must be at most 1024, got 100000"):
+        load_dataset("image-folder", tmp_path / "not-even-there", image_size=100_000)

@@ -27,12 +27,15 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from ..draws import check_seed
 from .cifar import CIFAR10_FILES, CIFAR100_FILES, load_cifar
 from .digits import load_digits_split
 from .errors import DatasetFormatError, DatasetNotFoundError
-from .idx import has_idx_files, load_idx_split
-from .image_folder import load_image_folder
+from .files import is_dir, is_file, reason
+from .idx import has_idx_files, load_idx_splits
+from .image_folder import MAX_IMAGE_SIZE, load_image_folder
 from .splits import DatasetSplits, Split, stratified_holdout
 
 KNOWN_DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10", "cifar100", "image-folder")
@@ -90,7 +93,21 @@ def allows_flip(name: str) -> bool:
 
 
 def data_home() -> Path:
-    return Path(os.environ.get("ISA_DISTILL_DATA", "~/data")).expanduser()
+    return _expanded(os.environ.get("ISA_DISTILL_DATA", "~/data"), "ISA_DISTILL_DATA")
+
+
+def _expanded(text: str | os.PathLike, what: str) -> Path:
+    """``text`` with ``~`` expanded, checked for what would otherwise fail deep inside pathlib
+    (and break `isa-distill info`): a ``~user`` of no user, a name too long, no permission."""
+    try:
+        path = Path(text).expanduser()
+        path.exists()
+    except RuntimeError:  # Path.expanduser: "Could not determine home directory."
+        home = Path(text).parts[0]
+        raise DatasetNotFoundError(f"{what} {text}: cannot expand {home}: no such user") from None
+    except OSError as error:
+        raise DatasetNotFoundError(f"{what} {text}: {reason(error)}") from error
+    return path
 
 
 def _check_name(name: str, *, in_memory: bool = False) -> None:
@@ -124,11 +141,11 @@ def _candidates(name: str, root: Path | None) -> list[Path]:
 
 def _looks_complete(name: str, path: Path) -> bool:
     if name in ("mnist", "fashion-mnist"):
-        return path.is_dir() and has_idx_files(path)
-    if path.is_file():
+        return is_dir(path) and has_idx_files(path)
+    if is_file(path):
         return path.name.endswith((".tar.gz", ".tgz", ".tar"))
     meta = (CIFAR100_FILES if name == "cifar100" else CIFAR10_FILES)["meta"]
-    return (path / meta).is_file()
+    return is_file(path / meta)
 
 
 def _locate(name: str, root: Path | None, names: ArgumentNames = PYTHON_NAMES) -> Path:
@@ -144,6 +161,27 @@ def _locate(name: str, root: Path | None, names: ArgumentNames = PYTHON_NAMES) -
         f"dataset {name!r} not found; looked in:\n  {looked}\n"
         f"To get it: {_HOW_TO_GET[name].format(folder=candidates[0])}"
         + ("" if root is not None else elsewhere)
+    )
+
+
+def _check_class_sizes(
+    name: str, source: Path | None, train: Split, class_names: list[str], holdouts: list[str]
+) -> None:
+    """Every class needs an image to distil from, and at least one more for each stratified
+    hold-out taken from train: said here in the user's terms rather than scikit-learn's."""
+    counts = torch.bincount(train.labels, minlength=len(class_names))
+    smallest = int(counts.argmin())
+    count, needed = int(counts[smallest]), 1 + len(holdouts)
+    if count >= needed:
+        return
+    where = f"the train split of {name}" + ("" if source is None else f" ({source})")
+    if count == 0:
+        raise DatasetFormatError(f"{where} has no images of class {class_names[smallest]!r}")
+    images = "image" if count == 1 else "images"
+    need = "hold-out needs" if len(holdouts) == 1 else "hold-outs need"
+    raise DatasetFormatError(
+        f"class {class_names[smallest]!r} has only {count} {images} in {where}; the "
+        f"{' and '.join(holdouts)} {need} at least {needed} images per class"
     )
 
 
@@ -176,24 +214,29 @@ def _check_labels(split: Split, num_classes: int, where: str) -> None:
 
 def _raw_splits(
     name: str, root: Path | None, image_size: int | None, grayscale: bool, names: ArgumentNames
-) -> tuple[dict[str, Split], list[str]]:
+) -> tuple[dict[str, Split], list[str], Path | None]:
+    """The splits found, the class names and where they were read (None: bundled data)."""
     if name == "digits":
         train, class_names = load_digits_split()
-        return {"train": train}, class_names
+        return {"train": train}, class_names, None
     if name == "image-folder":
         if root is None:
             how = _HOW_TO_GET[name].format(root=names.root)
             raise DatasetNotFoundError(f"image-folder has no default location: {how}")
-        if not root.is_dir():
+        if is_file(root):
+            raise DatasetNotFoundError(f"image folder {root} is a file, not a folder")
+        if not is_dir(root):
             raise DatasetNotFoundError(f"image folder {root} does not exist")
-        return load_image_folder(root, image_size=image_size or 32, grayscale=grayscale)
+        splits, class_names = load_image_folder(
+            root, image_size=image_size or 32, grayscale=grayscale
+        )
+        return splits, class_names, root
     source = _locate(name, root, names)
     if name in ("mnist", "fashion-mnist"):
-        splits = {"train": load_idx_split(source, "train"), "test": load_idx_split(source, "test")}
         labels = FASHION_MNIST_LABELS if name == "fashion-mnist" else [str(d) for d in range(10)]
-        return splits, labels
+        return load_idx_splits(source), labels, source
     train, test, class_names = load_cifar(source, fine=name == "cifar100")
-    return {"train": train, "test": test}, class_names
+    return {"train": train, "test": test}, class_names, source
 
 
 def load_dataset(
@@ -228,11 +271,21 @@ def load_dataset(
         names = argument_names
         raise ValueError(f"{names.image_size} and {names.grayscale} apply to image-folder only, "
                          f"not {name!r}")
-    root = None if root is None else Path(root).expanduser()
-    splits, class_names = _raw_splits(name, root, image_size, grayscale, argument_names)
+    if isinstance(image_size, int) and image_size > MAX_IMAGE_SIZE:
+        raise ValueError(
+            f"{argument_names.image_size} must be at most {MAX_IMAGE_SIZE}, got {image_size}: "
+            "every image is held in memory at that size, and distillation is meant for small "
+            "images (32 or 64 pixels in the paper)"
+        )
+    root = None if root is None else _expanded(root, "data root")
+    splits, class_names, source = _raw_splits(name, root, image_size, grayscale, argument_names)
     for split_name, split in splits.items():
         _check_labels(split, len(class_names), f"{name} {split_name} split")
     train = splits["train"]
+    holdouts = [] if "test" in splits else ["carved test"]
+    if "val" not in splits and val_size != 0:
+        holdouts.append("validation")
+    _check_class_sizes(name, source, train, class_names, holdouts)
     if "test" not in splits:
         _check_room_for(name, root, train, CARVED_TEST_FRACTION, len(class_names), "test")
         train, splits["test"] = stratified_holdout(
