@@ -16,7 +16,7 @@ from PIL import Image
 from isa_distill.cli import main
 from isa_distill.data.preprocess import Preprocessor
 from isa_distill.distill import DistillConfig
-from isa_distill.export import NPZ_KEYS, export_run, folder_names
+from isa_distill.export import NPZ_FILE, NPZ_KEYS, export_run, folder_names
 from isa_distill.runs import Run, load_distilled
 
 CLASSES = ["T-shirt/top", "Trouser", "Bag"]
@@ -167,3 +167,13 @@ def test_long_class_names_are_cut_to_a_valid_file_name():
     assert name == "x" * 200
     [name] = folder_names(["猫" * 100])  # 3 bytes each: cut at a character boundary
     assert name == "猫" * 66 and len(name.encode()) <= 200
+
+
+def test_an_existing_empty_folder_is_filled_in_place(tmp_path, monkeypatch):
+    run_dir = make_run(tmp_path / "run", channels=1, zca=False)
+    out = tmp_path / "here"
+    out.mkdir()
+    monkeypatch.chdir(out)  # `--out .`: the working directory itself stays
+    written = export_run(run_dir, "npz", ".")
+    assert written == [out / NPZ_FILE] and (out / NPZ_FILE).is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["here", "run"]

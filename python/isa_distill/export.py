@@ -65,11 +65,14 @@ def export_run(run_dir: str | os.PathLike, format: str, out: str | os.PathLike) 
     empty) in ``format`` (one of ``FORMATS``); returns the files written."""
     if format not in FORMATS:
         raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {format!r}")
+    if not os.fspath(out):
+        raise ValueError("out must name a folder, got ''")
     distilled = load_distilled(run_dir)
-    out = Path(out)
+    out = Path(out).absolute()
     _check_new_folder(out)
-    # Written into a hidden sibling and renamed at the end: a failure (a full disk, a name the
-    # file system refuses) leaves no half-exported folder that a second try would refuse.
+    # Written into a hidden sibling and moved into place at the end: a failure (a full disk, a
+    # name the file system refuses) leaves no half-exported folder that a second try would
+    # refuse.
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
@@ -78,9 +81,12 @@ def export_run(run_dir: str | os.PathLike, format: str, out: str | os.PathLike) 
         else:
             written = _write_pictures(distilled, partial,
                                       per_class_folders=format == "image-folder")
-        if out.is_dir():
-            out.rmdir()  # empty, checked above
-        partial.rename(out)
+        if out.is_dir():  # empty (checked above), perhaps the working directory: kept
+            for entry in partial.iterdir():
+                entry.rename(out / entry.name)
+            partial.rmdir()
+        else:
+            partial.rename(out)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
