@@ -321,7 +321,8 @@ def test_existing_run_dir_is_refused_and_left_intact(tiny_digits, tmp_path):
 
 
 def test_too_large_ipc_fails_before_creating_the_run(tiny_digits, tmp_path):
-    with pytest.raises(ValueError, match="ipc=500 is too large"):
+    with pytest.raises(ValueError, match=r"ipc=500 is too large: class '\w+' has only \d+ "
+                       r"images in the train split \(after the validation hold-out\); use ipc <="):
         distill(tiny_digits, tiny_config(ipc=500), run_dir=tmp_path / "run", progress=False)
     assert not (tmp_path / "run").exists()
 

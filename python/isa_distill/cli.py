@@ -364,7 +364,8 @@ def _check_data_fits(data, config) -> None:
     except ValueError as error:
         raise CliError(f"--formation {config.formation}: {error}") from error
     try:
-        check_ipc(data.train, config.ipc, data.num_classes, config.formation)
+        check_ipc(data.train, config.ipc, data.num_classes, config.formation,
+                  data.class_names)
     except ValueError as error:
         raise CliError(_in_flag_words(error)) from error
 

@@ -286,18 +286,24 @@ def default_flip(dataset: str, ipc: int, num_classes: int | None = None) -> bool
     return True
 
 
-def check_ipc(train: Split, ipc: int, num_classes: int, formation: int = 1) -> None:
+def check_ipc(train: Split, ipc: int, num_classes: int, formation: int = 1,
+              class_names: list[str] | None = None) -> None:
     """The class-balanced init needs ``ipc`` x ``formation``^2 real images of every class."""
-    smallest = int(torch.bincount(train.labels, minlength=num_classes).min())
+    counts = torch.bincount(train.labels, minlength=num_classes)
+    smallest_class = int(counts.argmin())
+    smallest = int(counts[smallest_class])
     needed = ipc * formation * formation
     if smallest < needed:
         how = "" if formation == 1 else (
             f" with formation {formation} (its mosaics start from ipc x {formation}^2 = "
             f"{needed} real images per class)")
+        name = class_names[smallest_class] if class_names else smallest_class
+        largest = smallest // (formation * formation)
+        advice = f"; use ipc <= {largest}" if largest >= 1 else ""
         raise ConfigError(
             "ipc",
-            f"ipc={ipc} is too large{how}: the smallest class of the train split has {smallest} "
-            "images",
+            f"ipc={ipc} is too large{how}: class {name!r} has only {smallest} images in the train "
+            f"split (after the validation hold-out){advice}",
         )
 
 
@@ -562,7 +568,7 @@ def checked_request(data: DatasetSplits, config: DistillConfig | None, run_dir, 
     if data.num_classes < 2:
         raise ValueError(f"need at least 2 classes to distil, {data.name} has {data.num_classes}")
     check_formation(config.formation, data.image_size)
-    check_ipc(data.train, config.ipc, data.num_classes, config.formation)
+    check_ipc(data.train, config.ipc, data.num_classes, config.formation, data.class_names)
     flip = resolved_flip(config, data.name, data.num_classes)
     support_rows = config.ipc * data.num_classes * config.formation**2 * (2 if flip else 1)
     parallel.check(config, min(config.batch_size, len(data.train)), support_rows)
