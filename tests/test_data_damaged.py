@@ -42,19 +42,14 @@ def test_idx_shape_too_large_for_int64_is_a_format_error(tmp_path):
         load_dataset("mnist", tmp_path)
 
 
-def test_idx_images_that_are_not_square_are_refused(tmp_path):
+@pytest.mark.parametrize(("name", "shape", "message"), [
+    ("train-images-idx3-ubyte", (60, 28, 20), "train-images-idx3-ubyte holds 28x20 images"),
+    ("t10k-images-idx3-ubyte", (20, 14, 14), "t10k-images-idx3-ubyte holds 14x14 images but"),
+])  # fmt: skip
+def test_idx_images_not_square_or_not_the_train_size_are_refused(tmp_path, name, shape, message):
     make_idx_folder(tmp_path, compress=False)
-    images = RNG.integers(0, 256, (60, 28, 20))
-    write_idx(tmp_path / "train-images-idx3-ubyte", images, compress=False)
-    with pytest.raises(DatasetFormatError, match="train-images-idx3-ubyte holds 28x20 images"):
-        load_dataset("mnist", tmp_path)
-
-
-def test_idx_test_images_of_another_size_than_train_are_refused(tmp_path):
-    make_idx_folder(tmp_path, compress=False)
-    images = RNG.integers(0, 256, (20, 14, 14))
-    write_idx(tmp_path / "t10k-images-idx3-ubyte", images, compress=False)
-    with pytest.raises(DatasetFormatError, match="t10k-images-idx3-ubyte holds 14x14 images but"):
+    write_idx(tmp_path / name, RNG.integers(0, 256, shape), compress=False)
+    with pytest.raises(DatasetFormatError, match=message):
         load_dataset("mnist", tmp_path)
 
 
