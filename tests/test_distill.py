@@ -330,7 +330,9 @@ def test_too_large_ipc_fails_before_creating_the_run(tiny_digits, tmp_path):
 @pytest.mark.parametrize(
     ("field", "value"),
     [("discard", 1.0), ("partner", "farthest"), ("optimizer", "sgd"), ("steps", 0),
-     ("reg", -1.0), ("norm", "layer"), ("seed", -1), ("seed", 2**32), ("seed", 1.5)],
+     ("reg", -1.0), ("norm", "layer"), ("seed", -1), ("seed", 2**32), ("seed", 1.5),
+     ("flip", "no"), ("zca", 1), ("compile", "yes"), ("epsilon", "1"), ("epsilon", True),
+     ("discard", None), ("lr", "3e-4"), ("device", None), ("arch", "transformer")],
 )  # fmt: skip
 def test_bad_config_names_the_field(field, value):
     with pytest.raises(ValueError, match=field):
@@ -384,3 +386,10 @@ def test_a_foreign_checkpoint_in_a_run_without_hashes_is_refused(tiny_digits, tm
         with pytest.raises(runs.RunDamagedError, match="is not this run's checkpoint: " + message):
             distill(tiny_digits, tiny_config(steps=6), run_dir=run_dir, resume=True,
                     progress=False)
+
+
+def test_distill_names_arguments_of_the_wrong_kind(tiny_digits):
+    with pytest.raises(TypeError, match="data must be a DatasetSplits .* got Tensor"):
+        distill(torch.zeros(3), tiny_config())
+    with pytest.raises(TypeError, match="config must be a DistillConfig or None, got dict"):
+        distill(tiny_digits, {"ipc": 1})

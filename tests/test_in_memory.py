@@ -79,8 +79,20 @@ def test_a_full_config_may_be_given_instead_of_settings(digits_arrays):
     (lambda x, y: (x, y[:-1]), r"shape \(1797,\)"),
     (lambda x, y: (x[y != 4][:-1], np.append(y[y != 4][:-2], 4)), "class 4 .* has 1"),
     (lambda x, y: ("pictures", y), "must be a torch tensor or numpy array"),
+    # One huge label: refused before anything is sized by it (it used to exhaust memory).
+    (lambda x, y: (x, np.where(np.arange(len(y)) == 0, 2**40, y)), "labels go up to 1099511627776"),
+    (lambda x, y: (x[:50], np.repeat(np.arange(10), 5)), "val_size=0.1 holds out 5 of 50 images, "
+     "fewer than their 10 classes"),
 ])  # fmt: skip
 def test_bad_input_is_named(digits_arrays, change, message):
     images, labels = change(*digits_arrays)
     with pytest.raises((ValueError, TypeError), match=message):
         distill_tensors(images, labels, progress=False, **TINY)
+
+
+def test_reversed_numpy_views_are_read_and_a_dict_config_is_refused(digits_arrays):
+    images, labels = digits_arrays
+    data = tensor_splits(images[::-1], labels[::-1])  # negative strides, which torch refuses
+    assert len(data.train) + len(data.val) == len(labels)
+    with pytest.raises(TypeError, match="config must be a DistillConfig, got dict"):
+        distill_tensors(images, labels, config={"ipc": 1}, progress=False)

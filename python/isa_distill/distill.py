@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import numbers
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -47,6 +48,7 @@ from .devices import AUTO, resolve_device
 from .draws import check_seed, draw_rows, draw_seed, make_generators
 from .evaluate import centred_one_hot
 from .formation import as_training_set, check_formation, encode_mosaic
+from .models import KNOWN_MODELS
 from .optim import Lamb, fused_adam
 from .parallel import SHARD_SEMANTICS, SINGLE_PROCESS, SingleProcess
 from .platt import PLATT_LR
@@ -90,9 +92,17 @@ class ConfigError(ValueError):
         self.field = field
 
 
+BOOL_FIELDS = ("label_margin", "learn_labels", "autocast", "channels_last", "compile")
+OPTIONAL_BOOL_FIELDS = ("flip", "zca")  # None: the protocol's rule
+REAL_FIELDS = ("epsilon", "discard", "reg", "lr", "lr_final_fraction", "online_lr")
+OPTIONAL_REAL_FIELDS = ("lr",)  # None: the optimiser's default
+
+
 @dataclass
 class DistillConfig:
-    """Every default of a distillation run in one place (the paper's GPU settings)."""
+    """Every default of a distillation run in one place: the paper's GPU settings with its loss
+    as the text writes it (Eq. 5); ``--preset paper`` takes its code's loss instead (epsilon -1,
+    class_reduction "mean"; ``isa_distill.presets``)."""
 
     # What to distil.
     ipc: int = 10  # images per class in the synthetic set
@@ -151,6 +161,7 @@ class DistillConfig:
 
     def validate(self) -> None:
         """Raise ``ConfigError`` (a ValueError) naming the first field that is out of range."""
+        self._check_types()
         positive = ("ipc", "steps", "batch_size", "width", "depth", "pool_size",
                     "max_online_updates", "online_batch", "log_every", "checkpoint_every",
                     "val_steps", "random_models", "random_width", "random_depth")
@@ -185,6 +196,7 @@ class DistillConfig:
         if not (math.isfinite(self.reg) and self.reg > 0):
             raise ConfigError("reg", f"reg must be a finite positive number, got {self.reg}")
         choices = {"partner": PARTNERS, "optimizer": OPTIMIZERS, "norm": NORMS,
+                   "arch": KNOWN_MODELS,
                    "backend": BACKENDS, "class_reduction": CLASS_REDUCTIONS,
                    "compile_mode": COMPILE_MODES, "shard_semantics": SHARD_SEMANTICS,
                    "source": SOURCES, "krr_loss": KRR_LOSSES}
@@ -219,6 +231,24 @@ class DistillConfig:
                 raise ConfigError(
                     "device", f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}"
                 ) from error
+
+    def _check_types(self) -> None:
+        """Flags and numbers of the right kind: a string where a bool goes would be truthy
+        (flip="no" turns the flip on), and range checks cannot compare a string."""
+        for name in BOOL_FIELDS + OPTIONAL_BOOL_FIELDS:
+            value = getattr(self, name)
+            if not isinstance(value, bool) and not (value is None and name in OPTIONAL_BOOL_FIELDS):
+                also = " or None" if name in OPTIONAL_BOOL_FIELDS else ""
+                raise ConfigError(name, f"{name} must be True or False{also}, got {value!r}")
+        for name in REAL_FIELDS:
+            value = getattr(self, name)
+            if value is None and name in OPTIONAL_REAL_FIELDS:
+                continue
+            if isinstance(value, bool) or not isinstance(value, numbers.Real):
+                raise ConfigError(name, f"{name} must be a number, got {value!r}")
+        if not isinstance(self.device, str):
+            raise ConfigError("device", "device must be a string such as 'auto', 'cpu', 'cuda' "
+                              f"or 'cuda:1', got {self.device!r}")
 
     @property
     def peak_lr(self) -> float:
@@ -609,6 +639,11 @@ def distill(
     (a run with local shard semantics resumes only on as many ranks, see
     ``check_world_size``). None: this process alone.
     """
+    if not isinstance(data, DatasetSplits):
+        raise TypeError(f"data must be a DatasetSplits (from isa_distill.data.load_dataset; for "
+                        f"tensors use isa_distill.distill_tensors), got {type(data).__name__}")
+    if config is not None and not isinstance(config, DistillConfig):
+        raise TypeError(f"config must be a DistillConfig or None, got {type(config).__name__}")
     with contextlib.ExitStack() as held:  # the run directory's lock, from when there is a run
         return _distill(data, config, run_dir, resume, progress, loss_fn, target_transform,
                         parallel, on_log, held)

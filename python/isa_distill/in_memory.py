@@ -31,6 +31,10 @@ def tensor_splits(
     images = _images(images)
     labels = _labels(labels, len(images))
     num_classes = int(labels.max()) + 1
+    if num_classes > len(labels) // 2:  # before anything is sized by it
+        raise ValueError(f"labels go up to {num_classes - 1}, but {len(labels)} images cannot "
+                         f"hold 2 of each of {num_classes} classes: labels must be class "
+                         "indices 0, 1, ..., C - 1")
     if class_names is None:
         class_names = [str(k) for k in range(num_classes)]
     class_names = [str(name) for name in class_names]
@@ -80,6 +84,9 @@ def distill_tensors(
     The result's ``images`` are in network input space; ``result.preprocessor.transform``
     maps your real (test) images, in [0, 1], into the same space.
     """
+    if config is not None and not isinstance(config, DistillConfig):
+        raise TypeError(f"config must be a DistillConfig, got {type(config).__name__} (for a dict "
+                        "of settings pass them as keyword arguments)")
     if config is not None and settings:
         raise ValueError(f"pass either config or settings ({', '.join(sorted(settings))}), not "
                          "both: config is the whole configuration")
@@ -92,7 +99,7 @@ def distill_tensors(
 
 def _images(images) -> torch.Tensor:
     if isinstance(images, np.ndarray):
-        images = torch.from_numpy(images)
+        images = torch.from_numpy(np.ascontiguousarray(images))  # also reversed views
     if not isinstance(images, torch.Tensor):
         raise TypeError(f"images must be a torch tensor or numpy array, got "
                         f"{type(images).__name__}")
@@ -117,7 +124,7 @@ def _images(images) -> torch.Tensor:
 
 def _labels(labels, count: int) -> torch.Tensor:
     if isinstance(labels, np.ndarray):
-        labels = torch.from_numpy(labels)
+        labels = torch.from_numpy(np.ascontiguousarray(labels))
     if not isinstance(labels, torch.Tensor):
         labels = torch.as_tensor(labels)
     if labels.shape != (count,) or labels.is_floating_point() or labels.dtype == torch.bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -86,6 +87,14 @@ def stratified_holdout(
     from sklearn.model_selection import train_test_split  # seconds to import: only when used
 
     labels = split.labels.numpy()
+    classes = len(np.unique(labels))
+    held_count = math.ceil(size * n) if isinstance(size, float) else size  # as scikit-learn
+    if held_count < classes:
+        raise ValueError(
+            f"{what}={size} holds out {held_count} of {n} images, fewer than their {classes} "
+            f"classes: a stratified hold-out takes at least one image of each; pass {what} >= "
+            f"{classes} (a count) or a larger fraction"
+        )
     try:
         rest, held = train_test_split(
             np.arange(n), test_size=size, random_state=seed, stratify=labels
