@@ -117,6 +117,30 @@ def test_bad_arguments_are_rejected(digits):
         evaluate_set(nan_images, train.labels[:10], test=val, **TINY)
 
 
+def test_nonsense_that_would_score_silently_is_refused(digits):
+    # Each of these used to train and report an accuracy (0.1, 0.0, ...) of nothing.
+    train, val = digits
+    images, labels = train.images[:10], train.labels[:10]
+    soft = centred_one_hot(labels, 10)
+    nan_test = val.images.clone()
+    nan_test[0, 0, 0, 0] = float("nan")
+    cases = [
+        (dict(labels=soft[:, :5]), "test labels go up to 9, but the networks have 5 outputs"),
+        (dict(labels=labels - 20), "integer labels must be class indices >= 0"),
+        (dict(test=(val.images, val.labels.float() + 0.5)), "test labels must be class indices"),
+        (dict(test=(nan_test, val.labels)), "test images must be finite floats"),
+        (dict(test=(val.images.numpy(), val.labels)), "test must hold torch tensors"),
+        (dict(lr=float("inf")), "lr must be a finite number > 0"),
+        (dict(steps=2.5), "steps must be an int >= 1, got 2.5"),
+        (dict(num_models=1.5), "num_models must be an int >= 1"),
+        (dict(batch_size="8"), "batch_size must be an int >= 1"),
+    ]
+    for change, message in cases:
+        arguments = dict(images=images, labels=labels, test=val, **TINY) | change
+        with pytest.raises((ValueError, TypeError), match=message):
+            evaluate_set(**arguments)
+
+
 def test_krr_predictor_accuracy_beats_chance(digits):
     pytest.importorskip("isa_distill.functional")
     train, val = digits

@@ -32,6 +32,7 @@ hyperparameters, and the real test split only for the final report.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -113,16 +114,30 @@ def centred_one_hot(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     return one_hot - 1.0 / num_classes
 
 
+def _check_count(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+
+
 def _test_pair(test, name: str = "test") -> tuple[torch.Tensor, torch.Tensor]:
     try:
         images, labels = test
     except (TypeError, ValueError) as error:
         raise TypeError(f"{name} must be a Split or an (images, labels) pair") from error
+    if not isinstance(images, torch.Tensor) or not isinstance(labels, torch.Tensor):
+        raise TypeError(f"{name} must hold torch tensors (torch.from_numpy converts arrays), got "
+                        f"{type(images).__name__} and {type(labels).__name__}")
     if images.ndim != 4 or labels.ndim != 1 or len(images) != len(labels) or len(labels) == 0:
         raise ValueError(
             f"{name} must hold (n, c, h, w) images and (n,) labels with n > 0, got "
             f"{tuple(images.shape)} and {tuple(labels.shape)}"
         )
+    if labels.is_floating_point() or labels.dtype == torch.bool or int(labels.min()) < 0:
+        raise ValueError(f"{name} labels must be class indices >= 0, got {labels.dtype} values "
+                         f"from {labels.min().item()} to {labels.max().item()}")
+    if not images.is_floating_point() or not torch.isfinite(images).all():
+        raise ValueError(f"{name} images must be finite floats, got {images.dtype}"
+                         + ("" if not images.is_floating_point() else " with NaN or Inf"))
     return images, labels.long()
 
 
@@ -166,14 +181,25 @@ def _targets(
             )
         if not torch.isfinite(labels).all():
             raise ValueError("labels contain NaN or Inf")
+        _check_test_classes(test_labels, labels.shape[1], "the soft labels' columns")
         return labels.float()
     if labels.shape != (len(images),):
         raise ValueError(
             f"integer labels must have shape ({len(images)},), got {tuple(labels.shape)}"
         )
+    if int(labels.min()) < 0:
+        raise ValueError(f"integer labels must be class indices >= 0, found {int(labels.min())}")
     if num_classes is None:
         num_classes = int(max(labels.max(), test_labels.max())) + 1
+    _check_test_classes(test_labels, num_classes, "num_classes")
     return centred_one_hot(labels, num_classes)
+
+
+def _check_test_classes(test_labels: torch.Tensor, num_classes: int, source: str) -> None:
+    """Test labels the network cannot output would score as silent misses."""
+    if int(test_labels.max()) >= num_classes:
+        raise ValueError(f"test labels go up to {int(test_labels.max())}, but the networks have "
+                         f"{num_classes} outputs ({source})")
 
 
 @torch.no_grad()
@@ -426,8 +452,7 @@ def evaluate_set(
                 f"val images have shape {tuple(val_images.shape[1:])} per sample, the set has "
                 f"{tuple(images.shape[1:])}"
             )
-    if num_models < 1:
-        raise ValueError(f"num_models must be >= 1, got {num_models}")
+    _check_count("num_models", num_models)
     seeds = _seeds(seed, num_models)
     if networks is not None:
         networks = list(networks)
@@ -437,13 +462,11 @@ def evaluate_set(
             )
         seeds = [seeds[i] for i in networks]
     steps = protocol_steps(len(images)) if steps is None else steps
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
-    if not lr > 0:
-        raise ValueError(f"lr must be > 0, got {lr}")
+    _check_count("steps", steps)
+    if isinstance(lr, bool) or not isinstance(lr, numbers.Real) or not 0 < lr < math.inf:
+        raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
     batch_size = min(len(images), MAX_BATCH_SIZE) if batch_size is None else batch_size
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    _check_count("batch_size", batch_size)
     warmup = max(1, min(warmup, int(MAX_WARMUP_FRACTION * steps)))
     device = torch.device(device)
     if model_fn is not None and krr:
