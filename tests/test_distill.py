@@ -5,13 +5,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 
 import pytest
 import torch
 from conftest import kill_in_step, tiny_config
 
 from isa_distill import runs
-from isa_distill.data import DatasetSplits, class_balanced_subset
+from isa_distill.data import DatasetSplits, Split, class_balanced_subset
 from isa_distill.data.preprocess import Preprocessor
 from isa_distill.distill import (
     DistillConfig,
@@ -304,8 +305,9 @@ def test_a_kill_between_the_checkpoint_and_meta_json_still_resumes_exactly(
 
 def test_resume_refuses_data_of_another_shape(tiny_digits, tmp_path):
     distill(tiny_digits, tiny_config(steps=2), run_dir=tmp_path / "run", progress=False)
-    fewer = DatasetSplits(tiny_digits.name, tiny_digits.train, tiny_digits.val, tiny_digits.test,
-                          tiny_digits.class_names[:9])  # fmt: skip
+    nine = [split.subset(torch.nonzero(split.labels != 9).flatten())
+            for split in (tiny_digits.train, tiny_digits.val, tiny_digits.test)]
+    fewer = DatasetSplits(tiny_digits.name, *nine, tiny_digits.class_names[:9])
     with pytest.raises(ValueError, match="10 classes .* the data given has 9 classes"):
         distill(fewer, None, run_dir=tmp_path / "run", resume=True, progress=False)
 
@@ -393,3 +395,18 @@ def test_distill_names_arguments_of_the_wrong_kind(tiny_digits):
         distill(torch.zeros(3), tiny_config())
     with pytest.raises(TypeError, match="config must be a DistillConfig or None, got dict"):
         distill(tiny_digits, {"ipc": 1})
+
+
+def test_hand_built_splits_a_run_cannot_use_are_named_before_it_starts(tiny_digits, tmp_path):
+    train, val = tiny_digits.train, tiny_digits.val
+    bad_val = {
+        "images of (1, 16, 16)": Split(torch.rand(len(val), 1, 16, 16), val.labels),
+        "images must lie in [0, 1]": Split(val.images * float("nan"), val.labels),
+        "labels must lie in [0, 10)": Split(val.images, val.labels + 5),
+        "images must be float32": Split(val.images.double(), val.labels),
+    }
+    for message, split in bad_val.items():
+        data = DatasetSplits("digits", train, split, tiny_digits.test, tiny_digits.class_names)
+        with pytest.raises(ValueError, match=r"digits val split: .*" + re.escape(message)):
+            distill(data, tiny_config(steps=2), run_dir=tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()

@@ -578,6 +578,7 @@ def checked_request(data: DatasetSplits, config: DistillConfig | None, run_dir, 
     """(run, config, checkpoint) of a request that passed every check: with ``resume`` the
     run opened in ``run_dir`` with the config it continues with and its last checkpoint;
     otherwise (None, config, None). Raises what ``distill`` documents."""
+    data.check()
     run = checkpoint = None
     if resume:
         run = runs.Run.open_for_resume(run_dir, data)

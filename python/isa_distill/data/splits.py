@@ -67,6 +67,36 @@ class DatasetSplits:
     def image_size(self) -> int:
         return int(self.train.images.shape[2])
 
+    def check(self) -> None:
+        """Raise ValueError naming the split whose images or labels a run cannot use: the
+        loaders guarantee all of this, a ``DatasetSplits`` built by hand may not (a val split
+        of another size fails only at the end of a run, NaN images or labels out of range
+        give a garbage validation accuracy)."""
+        names = self.class_names
+        if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
+            raise ValueError(f"class_names must be a list of str, got {names!r}")
+        shape = tuple(self.train.images.shape[1:])
+        if shape[1] != shape[2]:
+            raise ValueError(f"train images must be square (n, c, s, s), got {shape} per image")
+        for split_name in ("train", "val", "test"):
+            split = getattr(self, split_name)
+            if len(split) == 0:
+                if split_name == "train":
+                    raise ValueError("the train split is empty")
+                continue
+            images, labels = split.images, split.labels
+            where = f"{self.name} {split_name} split"
+            if tuple(images.shape[1:]) != shape:
+                raise ValueError(f"{where}: images of {tuple(images.shape[1:])}, but the train "
+                                 f"images are {shape}")
+            if images.dtype != torch.float32:
+                raise ValueError(f"{where}: images must be float32 in [0, 1], got {images.dtype}")
+            if not torch.isfinite(images).all() or images.min() < 0 or images.max() > 1:
+                raise ValueError(f"{where}: images must lie in [0, 1] (no NaN or Inf)")
+            if int(labels.min()) < 0 or int(labels.max()) >= len(names):
+                raise ValueError(f"{where}: labels must lie in [0, {len(names)}) (one per class "
+                                 f"name), found {int(labels.min())} to {int(labels.max())}")
+
 
 def stratified_holdout(
     split: Split, size: int | float, *, seed: int, what: str = "val_size"
