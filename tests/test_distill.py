@@ -410,3 +410,11 @@ def test_hand_built_splits_a_run_cannot_use_are_named_before_it_starts(tiny_digi
         with pytest.raises(ValueError, match=r"digits val split: .*" + re.escape(message)):
             distill(data, tiny_config(steps=2), run_dir=tmp_path / "run", progress=False)
     assert not (tmp_path / "run").exists()
+
+
+def test_a_gpu_this_machine_lacks_is_named_before_the_run_starts(tiny_digits, tmp_path,
+                                                                  monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="device 'cuda' requested but CUDA is not available"):
+        distill(tiny_digits, tiny_config(device="cuda"), run_dir=tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()

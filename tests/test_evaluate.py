@@ -39,6 +39,11 @@ def digits():
     return train, val
 
 
+def test_centred_one_hot_names_the_range_it_found():
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 4\), found -3 to 1"):
+        centred_one_hot(torch.tensor([-3, 1]), 4)
+
+
 def test_centred_one_hot():
     targets = centred_one_hot(torch.tensor([2, 0]), 4)
     assert torch.allclose(targets[0], torch.tensor([-0.25, -0.25, 0.75, -0.25]))

@@ -96,3 +96,11 @@ def test_reversed_numpy_views_are_read_and_a_dict_config_is_refused(digits_array
     assert len(data.train) + len(data.val) == len(labels)
     with pytest.raises(TypeError, match="config must be a DistillConfig, got dict"):
         distill_tensors(images, labels, config={"ipc": 1}, progress=False)
+
+
+def test_class_names_must_be_distinct_names_not_one_string(digits_arrays):
+    images, labels = digits_arrays
+    with pytest.raises(TypeError, match="class_names must be a sequence of names, not one str"):
+        tensor_splits(images, labels, class_names="0123456789")
+    with pytest.raises(ValueError, match="class_names must be distinct"):
+        tensor_splits(images, labels, class_names=["a"] * 10)

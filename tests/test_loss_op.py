@@ -111,6 +111,18 @@ def test_module_wrapper_matches_functional():
     )
 
 
+@pytest.mark.parametrize("options, message", [
+    (dict(discard=2.0), r"discard must lie in \[0, 1\)"),
+    (dict(partner="bogus"), "partner must be one of"),
+    (dict(reg=-1), "reg must be > 0"),
+    (dict(backend="cuda"), "backend must be one of"),
+    (dict(solve_dtype=torch.float16), "solve_dtype must be"),
+])  # fmt: skip
+def test_the_module_checks_its_options_when_built(options, message):
+    with pytest.raises(ValueError, match=message):
+        ISAKRRLoss(**options)
+
+
 def test_reductions_are_consistent():
     problem = random_problem(5, 8, 10, 3, seed=5)
     per_target = isa_krr_loss(*problem.tensors, reduction="none", discard=0.3)

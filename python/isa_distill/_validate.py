@@ -197,6 +197,30 @@ def check_generator(generator: object) -> None:
         )
 
 
+def check_loss_options(
+    *,
+    epsilon: object,
+    discard: object,
+    reg: object,
+    reg_mode: object,
+    solver: object,
+    reduction: object,
+    class_reduction: object,
+    checks: object,
+) -> tuple[float, float, float]:
+    """The options of isa_krr_loss that do not depend on its tensors (``ISAKRRLoss`` checks
+    them when it is built). Returns (epsilon, discard, reg) as Python floats."""
+    epsilon = check_real("epsilon", epsilon)
+    discard = check_real("discard", discard)
+    if not 0.0 <= discard < 1.0:
+        raise ValueError(f"discard must lie in [0, 1); got {discard!r}")
+    reg = check_ridge_options(reg, reg_mode, solver)
+    check_choice("reduction", reduction, REDUCTIONS)
+    check_choice("class_reduction", class_reduction, CLASS_REDUCTIONS)
+    check_choice("checks", checks, CHECK_MODES)
+    return epsilon, discard, reg
+
+
 def check_loss_args(
     support_features: object,
     support_labels: object,
@@ -231,14 +255,10 @@ def check_loss_args(
         raise ValueError(
             f"target_labels must have shape (N, C) = ({n}, {c}); got {tuple(target_labels.shape)}"
         )
-    epsilon = check_real("epsilon", epsilon)
-    discard = check_real("discard", discard)
-    if not 0.0 <= discard < 1.0:
-        raise ValueError(f"discard must lie in [0, 1); got {discard!r}")
-    reg = check_ridge_options(reg, reg_mode, solver)
-    check_choice("reduction", reduction, REDUCTIONS)
-    check_choice("class_reduction", class_reduction, CLASS_REDUCTIONS)
-    check_choice("checks", checks, CHECK_MODES)
+    epsilon, discard, reg = check_loss_options(
+        epsilon=epsilon, discard=discard, reg=reg, reg_mode=reg_mode, solver=solver,
+        reduction=reduction, class_reduction=class_reduction, checks=checks,
+    )  # fmt: skip
     check_backend(backend, solve_dtype, support_features.device)
     check_generator(generator)
     n_keep = kept_count(n, discard)

@@ -20,6 +20,20 @@ def resolve_device(device: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def check_available(device: str) -> None:
+    """ValueError when ``device`` (resolved, e.g. "cuda:1") is a GPU this machine lacks."""
+    parsed = torch.device(device)
+    if parsed.type != "cuda":
+        return
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if count == 0:
+        raise ValueError(f"device {device!r} requested but CUDA is not available; use 'cpu' or "
+                         "'auto'")
+    if parsed.index is not None and parsed.index >= count:
+        raise ValueError(f"device {device!r} requested but this machine has {count} GPU(s), "
+                         f"cuda:0 to cuda:{count - 1}")
+
+
 def describe_choice(requested: str, device: str) -> str | None:
     """A note for the user when ``"auto"`` picked a GPU (None otherwise)."""
     if requested != AUTO or not device.startswith("cuda"):

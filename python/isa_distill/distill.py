@@ -44,7 +44,7 @@ from tqdm.auto import tqdm
 from . import checks, runs
 from .data import DatasetSplits, Split, allows_flip, class_balanced_subset, uses_zca_by_default
 from .data.preprocess import Preprocessor
-from .devices import AUTO, resolve_device
+from .devices import AUTO, check_available, resolve_device
 from .draws import check_seed, draw_rows, draw_seed, make_generators
 from .evaluate import centred_one_hot
 from .formation import as_training_set, check_formation, encode_mosaic
@@ -596,6 +596,7 @@ def checked_request(data: DatasetSplits, config: DistillConfig | None, run_dir, 
         config = DistillConfig() if config is None else config
     config.validate()
     config = dataclasses.replace(config, device=resolve_device(config.device))  # recorded as run
+    check_available(config.device)
     if data.num_classes < 2:
         raise ValueError(f"need at least 2 classes to distil, {data.name} has {data.num_classes}")
     check_formation(config.formation, data.image_size)

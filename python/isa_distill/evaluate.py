@@ -109,7 +109,8 @@ def centred_one_hot(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
     if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
-        raise ValueError(f"labels must lie in [0, {num_classes}), found {int(labels.max())}")
+        raise ValueError(f"labels must lie in [0, {num_classes}), found {int(labels.min())} to "
+                         f"{int(labels.max())}")
     one_hot = nn.functional.one_hot(labels.long(), num_classes).float()
     return one_hot - 1.0 / num_classes
 

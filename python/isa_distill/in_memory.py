@@ -37,7 +37,11 @@ def tensor_splits(
                          "indices 0, 1, ..., C - 1")
     if class_names is None:
         class_names = [str(k) for k in range(num_classes)]
+    if isinstance(class_names, (str, bytes)):
+        raise TypeError(f"class_names must be a sequence of names, not one {type(class_names).__name__}")
     class_names = [str(name) for name in class_names]
+    if len(set(class_names)) != len(class_names):
+        raise ValueError(f"class_names must be distinct, got {class_names}")
     if len(class_names) < num_classes:
         raise ValueError(f"labels go up to {num_classes - 1} but class_names has "
                          f"{len(class_names)} names")

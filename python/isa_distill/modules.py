@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from . import _validate
 from .functional import ISAInfo, isa_krr_loss
 
 
@@ -30,6 +31,14 @@ class ISAKRRLoss(nn.Module):
         checks: str = "auto",
     ) -> None:
         super().__init__()
+        # The options are checked now, not at the first forward.
+        _validate.check_loss_options(
+            epsilon=epsilon, discard=discard, reg=reg, reg_mode=reg_mode, solver=solver,
+            reduction=reduction, class_reduction=class_reduction, checks=checks,
+        )  # fmt: skip
+        if isinstance(partner, str):
+            _validate.check_choice("partner", partner, _validate.PARTNER_MODES)
+        _validate.check_backend(backend, solve_dtype, torch.device("cpu"))  # device: at forward
         self.epsilon = epsilon
         self.discard = discard
         self.partner = partner
