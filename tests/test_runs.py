@@ -399,6 +399,8 @@ def test_a_broken_meta_json_is_a_clear_error(tmp_path, change, message):
     (lambda meta: {**meta, "num_classes": 4, "ipc": 1, "class_names": list("abcd")},
      r"the stored labels are \(4, 2\), not \(4, num_classes 4\)"),
     (lambda meta: {**meta, "class_names": ["a"]}, "1 class_names for num_classes 2"),
+    (lambda meta: {**meta, "image_size": 32}, r"describe images of \(3, 32, 32\), the stored "
+     r"ones are \(3, 4, 4\)"),
 ])  # fmt: skip
 def test_meta_json_that_disagrees_with_the_stored_set_is_a_clear_error(tmp_path, change,
                                                                         message):

@@ -721,4 +721,16 @@ def _set_problems(meta: dict[str, Any], images: torch.Tensor, labels: torch.Tens
                         f"num_classes {classes})")
     if names and len(names) != classes:
         problems.append(f"{len(names)} class_names for num_classes {classes}")
+    channels, size = meta.get("channels"), meta.get("image_size")
+    if images.ndim == 4 and channels is not None and size is not None:
+        formation = int(meta.get("formation", 1))
+        stored = (channels, size, size)  # a multi-formation mosaic has the real images' size
+        if tuple(images.shape[1:]) != stored:
+            problems.append(f"channels {channels} and image_size {size} describe images of "
+                            f"{stored}, the stored ones are {tuple(images.shape[1:])}"
+                            + ("" if formation == 1 else f" (formation {formation})"))
+    if not images.is_floating_point() or not torch.isfinite(images).all():
+        problems.append(f"the stored images are {images.dtype} with NaN/Inf or not floats")
+    if labels.is_floating_point() and not torch.isfinite(labels).all():
+        problems.append("the stored labels hold NaN or Inf")
     return problems
