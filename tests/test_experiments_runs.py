@@ -203,7 +203,9 @@ def test_cross_arch_evaluates_a_run_dir_on_the_chosen_architectures(tmp_path):
     (["cross-arch", "does-not-exist"], "not a run directory"),
     (["module", "--arms", "rfad", "idc"], "unknown arms ['idc']"),
     (["module", "--lr", "-1"], "lr must be a finite positive number"),
-    (["mia", "--threads", "0"], "--threads must be >= 1"),
+    (["mia", "--threads", "0"], "--threads must lie in [1, "),
+    (["ablate", "--threads", "100000"], "--threads must lie in [1, "),
+    (["ablate", "--device", "mps"], "device must be auto, cpu, cuda or cuda:N, got 'mps'"),
     (["mia", "--target-epochs", "0"], "target_epochs must be a positive int"),
 ])
 def test_cli_turns_bad_arguments_into_one_line_and_status_2(argv, message, capsys, tmp_path):
@@ -211,3 +213,23 @@ def test_cli_turns_bad_arguments_into_one_line_and_status_2(argv, message, capsy
     error = capsys.readouterr().err
     assert message in error and error.count("\n") == 1
     assert not (tmp_path / "out").exists()
+
+
+def test_ctrl_c_and_a_refused_out_folder_are_one_line(capsys, tmp_path, monkeypatch):
+    from isa_distill.experiments import ablate
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ablate, "run_ablation", interrupted)
+    assert cli.main(["ablate", "--out", str(tmp_path / "out"), "--quiet"]) == 130
+    assert capsys.readouterr().err == (
+        "isa-distill ablate: interrupted (add --resume to continue where it stopped)\n")
+
+    def refused(settings, out, *args, **kwargs):
+        raise NotADirectoryError(20, "Not a directory", str(out))
+
+    monkeypatch.setattr(ablate, "run_ablation", refused)
+    assert cli.main(["ablate", "--out", str(tmp_path / "file" / "out"), "--quiet"]) == 1
+    assert capsys.readouterr().err == (
+        f"isa-distill ablate: error: Not a directory: {tmp_path / 'file' / 'out'}\n")

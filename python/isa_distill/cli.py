@@ -338,7 +338,7 @@ def _render_pictures(run_dir, *, names_only: bool = False) -> str:
     try:
         pictures = render_run(run_dir)
     except OSError as error:
-        return f"not written: {_os_error_line(error)}"
+        return f"not written: {os_error_line(error)}"
     return ", ".join(p.name if names_only else str(p) for p in pictures)
 
 
@@ -561,7 +561,9 @@ def _check_device(device: str) -> None:
     try:
         kind = torch.device(device).type
     except RuntimeError:
-        raise CliError(f"--device must be auto, cpu, cuda or cuda:N, got {device!r}") from None
+        kind = None
+    if kind not in ("cpu", "cuda"):
+        raise CliError(f"--device must be auto, cpu, cuda or cuda:N, got {device!r}")
     if kind == "cuda" and not torch.cuda.is_available():
         raise CliError(f"--device {device} requested but CUDA is not available; use --device cpu")
 
@@ -882,7 +884,7 @@ def _reporting_errors(command, timeout: float | None) -> int:
             print(f"{PROG}: error{where}: {error}", file=sys.stderr)
             return 1
         except OSError as error:  # the system refused: disk full, read-only, permissions, ...
-            print(f"{PROG}: error{where}: {_os_error_line(error)}", file=sys.stderr)
+            print(f"{PROG}: error{where}: {os_error_line(error)}", file=sys.stderr)
             return 1
         except KeyboardInterrupt:
             if parallel.writes:
@@ -890,7 +892,7 @@ def _reporting_errors(command, timeout: float | None) -> int:
             return INTERRUPTED
 
 
-def _os_error_line(error: OSError) -> str:
+def os_error_line(error: OSError) -> str:
     """'REASON: PATH' when the error names a file, else its own text; one line."""
     text = error.strerror or str(error)
     if error.filename is not None:

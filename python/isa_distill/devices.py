@@ -23,6 +23,8 @@ def resolve_device(device: str) -> str:
 def check_available(device: str) -> None:
     """ValueError when ``device`` (resolved, e.g. "cuda:1") is a GPU this machine lacks."""
     parsed = torch.device(device)
+    if parsed.type not in ("cpu", "cuda"):
+        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {device!r}")
     if parsed.type != "cuda":
         return
     count = torch.cuda.device_count() if torch.cuda.is_available() else 0

@@ -11,6 +11,7 @@ or run directories). ``main`` runs the subcommands alone:
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -140,13 +141,16 @@ def _handler(run: Callable[[argparse.Namespace], Path]) -> Callable[[argparse.Na
     """Run an experiment; user-fixable errors become one stderr line and exit status 2."""
 
     def handle(args: argparse.Namespace) -> int:
+        from ..cli import INTERRUPTED, os_error_line
         from ..data import DatasetError
         from ..runs import RunNotFoundError
 
         try:
             if args.threads is not None:
-                if args.threads < 1:
-                    raise ValueError(f"--threads must be >= 1, got {args.threads}")
+                cores = os.cpu_count() or 1
+                if not 1 <= args.threads <= cores:
+                    raise ValueError(f"--threads must lie in [1, {cores}] (this machine's "
+                                     f"cores), got {args.threads}")
                 import torch
 
                 torch.set_num_threads(args.threads)
@@ -154,7 +158,15 @@ def _handler(run: Callable[[argparse.Namespace], Path]) -> Callable[[argparse.Na
         except (ValueError, DatasetError, RunNotFoundError) as error:
             print(f"isa-distill {args.command}: error: {error}", file=sys.stderr)
             return USAGE_ERROR
-        print(f"wrote {out}/table.md, table.csv and plot.png")
+        except OSError as error:  # --out refused by the file system: a file, read-only, ...
+            print(f"isa-distill {args.command}: error: {os_error_line(error)}", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
+            again = " (add --resume to continue where it stopped)" if hasattr(args, "resume") else ""
+            print(f"isa-distill {args.command}: interrupted{again}", file=sys.stderr)
+            return INTERRUPTED
+        written = sorted(p.name for p in out.iterdir() if p.suffix in (".md", ".csv", ".png"))
+        print(f"wrote {out}/: {', '.join(written)}")
         return 0
 
     return handle

@@ -23,7 +23,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from ..devices import resolve_device
+from ..devices import check_available, resolve_device
 from ..distill import OPTIMIZERS
 from ..draws import check_seed
 from ..presets import PRESETS
@@ -94,6 +94,7 @@ def experiment_settings(preset: str = "cpu", **overrides: Any) -> ExperimentSett
     values = {**_EXPERIMENT_PRESETS[preset], "preset": preset}
     values.update({key: value for key, value in overrides.items() if value is not None})
     values["device"] = resolve_device(values["device"])  # "auto": CUDA when available
+    check_available(values["device"])
     if "seeds" in values:
         values["seeds"] = tuple(values["seeds"])
     settings = ExperimentSettings(**values)
