@@ -156,6 +156,7 @@ def test_eval_batches_and_select_flags_reach_the_evaluation(capsys, tmp_path, mo
         (["--eval-batches", "sorted"], "invalid choice: 'sorted'"),
         (["--select", "best-test"], "invalid choice: 'best-test'"),
         (["--select", "best-val", "--select-every", "0"], "expected a positive integer"),
+        (["--eval-models", "99999999999999999999"], "expected at most 1000 networks"),
     ],
 )
 def test_bad_evaluation_flags_are_argparse_errors(capsys, tmp_path, flags, message):

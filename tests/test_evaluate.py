@@ -138,6 +138,7 @@ def test_nonsense_that_would_score_silently_is_refused(digits):
         (dict(lr=float("inf")), "lr must be a finite number > 0"),
         (dict(steps=2.5), "steps must be an int >= 1, got 2.5"),
         (dict(num_models=1.5), "num_models must be an int >= 1"),
+        (dict(num_models=10**20), "num_models must be at most 1000"),
         (dict(batch_size="8"), "batch_size must be an int >= 1"),
     ]
     for change, message in cases:

@@ -205,6 +205,7 @@ def test_cross_arch_evaluates_a_run_dir_on_the_chosen_architectures(tmp_path):
     (["module", "--lr", "-1"], "lr must be a finite positive number"),
     (["mia", "--threads", "0"], "--threads must lie in [1, "),
     (["ablate", "--threads", "100000"], "--threads must lie in [1, "),
+    (["ablate", "--eval-models", "99999999999999999999"], "eval_models must be at most 1000"),
     (["ablate", "--device", "mps"], "device must be auto, cpu, cuda or cuda:N, got 'mps'"),
     (["mia", "--target-epochs", "0"], "target_epochs must be a positive int"),
 ])

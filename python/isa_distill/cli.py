@@ -215,6 +215,15 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _model_count(text: str) -> int:
+    from .evaluate import MAX_MODELS
+
+    value = _positive_int(text)
+    if value > MAX_MODELS:
+        raise argparse.ArgumentTypeError(f"expected at most {MAX_MODELS} networks, got {text!r}")
+    return value
+
+
 def _positive_seconds(text: str) -> float:
     try:
         value = float(text)
@@ -234,7 +243,7 @@ def _add_timeout_option(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_eval_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--eval-models", type=_positive_int, default=5,
+    parser.add_argument("--eval-models", type=_model_count, default=5,
                         help="networks trained per set (default: %(default)s)")
     parser.add_argument("--eval-steps", type=_positive_int,
                         help="training steps per network (default: the run's, else the protocol's)")

@@ -55,6 +55,7 @@ SELECT_FRACTION = 0.1  # best-val scores the validation split every tenth of the
 FINAL_LR_FRACTION = 0.01
 # Short runs (tests, smoke runs) would spend all their steps warming up: cap the warm-up.
 MAX_WARMUP_FRACTION = 0.5
+MAX_MODELS = 1000  # networks per evaluation: the protocol trains 5; more is a typo
 PREDICT_BATCH_SIZE = 1000
 ModelFactory = Callable[[], nn.Module]  # a user's network: model_fn=lambda: MyNet()
 
@@ -115,9 +116,11 @@ def centred_one_hot(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     return one_hot - 1.0 / num_classes
 
 
-def _check_count(name: str, value: object) -> None:
+def _check_count(name: str, value: object, most: int | None = None) -> None:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
         raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+    if most is not None and value > most:
+        raise ValueError(f"{name} must be at most {most}, got {value}")
 
 
 def _test_pair(test, name: str = "test") -> tuple[torch.Tensor, torch.Tensor]:
@@ -453,7 +456,7 @@ def evaluate_set(
                 f"val images have shape {tuple(val_images.shape[1:])} per sample, the set has "
                 f"{tuple(images.shape[1:])}"
             )
-    _check_count("num_models", num_models)
+    _check_count("num_models", num_models, MAX_MODELS)
     seeds = _seeds(seed, num_models)
     if networks is not None:
         networks = list(networks)

@@ -26,6 +26,7 @@ from typing import Any
 from ..devices import check_available, resolve_device
 from ..distill import OPTIMIZERS
 from ..draws import check_seed
+from ..evaluate import MAX_MODELS
 from ..presets import PRESETS
 
 _EXPERIMENT_PRESETS: dict[str, dict[str, Any]] = {
@@ -67,6 +68,8 @@ class ExperimentSettings:
             raise ValueError(f"lr must be a finite positive number, got {self.lr!r}")
         for name in ("ipc", "eval_models"):
             _check_positive(name, getattr(self, name))
+        if self.eval_models > MAX_MODELS:
+            raise ValueError(f"eval_models must be at most {MAX_MODELS}, got {self.eval_models}")
         for name in ("steps", "batch_size", "eval_steps"):
             if getattr(self, name) is not None:
                 _check_positive(name, getattr(self, name))
