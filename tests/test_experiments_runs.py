@@ -189,8 +189,9 @@ def test_cross_arch_evaluates_a_run_dir_on_the_chosen_architectures(tmp_path):
     assert_outputs(out)
     assert [r["set"] for r in rows] == ["distilled", "random subset"]
     assert all(0.0 <= r[name] <= 1.0 for r in rows for name in ("Conv-NN", "AlexNet"))
-    with pytest.raises(ValueError, match="architectures must be among"):
-        run_cross_arch(run_dir, settings, out, ["LeNet"])
+    for wrong in (["LeNet"], ["AlexNet", "AlexNet"]):
+        with pytest.raises(ValueError, match="architectures must be distinct names among"):
+            run_cross_arch(run_dir, settings, out, wrong)
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -206,6 +207,10 @@ def test_cross_arch_evaluates_a_run_dir_on_the_chosen_architectures(tmp_path):
     (["mia", "--threads", "0"], "--threads must lie in [1, "),
     (["ablate", "--threads", "100000"], "--threads must lie in [1, "),
     (["ablate", "--eval-models", "99999999999999999999"], "eval_models must be at most 1000"),
+    (["continual", "--methods", "random", "random"], "methods must be distinct names"),
+    (["mia", "--budgets", "30", "--target-epochs", "4"], "budgets must be at most 3"),
+    (["diversity", "--ipc", "1", "--k", "10"], "k must be smaller than the 10 synthetic images"),
+    (["diversity", "--k", "0"], "k must be a positive int"),
     (["ablate", "--device", "mps"], "device must be auto, cpu, cuda or cuda:N, got 'mps'"),
     (["mia", "--target-epochs", "0"], "target_epochs must be a positive int"),
 ])

@@ -105,8 +105,9 @@ def run_continual(
     settings.validate()
     methods = list(METHODS) if methods is None else methods
     unknown = [m for m in methods if m not in METHODS]
-    if unknown or not methods:
-        raise ValueError(f"methods must be among {', '.join(METHODS)}, got {methods}")
+    if unknown or not methods or len(set(methods)) != len(methods):
+        raise ValueError(f"methods must be distinct names among {', '.join(METHODS)}, got "
+                         f"{methods}")
     data = load_data(settings)
     if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1 or (
             data.num_classes % num_steps):

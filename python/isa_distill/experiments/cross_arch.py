@@ -33,8 +33,9 @@ def run_cross_arch(
     settings.validate()
     names = list(ARCHITECTURES) if architectures is None else architectures
     unknown = [n for n in names if n not in ARCHITECTURES]
-    if unknown or not names:
-        raise ValueError(f"architectures must be among {', '.join(ARCHITECTURES)}, got {names}")
+    if unknown or not names or len(set(names)) != len(names):
+        raise ValueError(f"architectures must be distinct names among "
+                         f"{', '.join(ARCHITECTURES)}, got {names}")
     run = load_distilled(run_dir)
     dataset = run.meta["dataset"]
     data = load_run_dataset(run.meta, settings.data_root)

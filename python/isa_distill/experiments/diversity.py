@@ -37,10 +37,16 @@ def run_diversity(
     k: int = 5, max_real: int = 2000, feature_steps: int | None = None,
 ) -> list[dict]:
     settings.validate()
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"k must be a positive int, got {k!r}")
     if isinstance(max_real, bool) or not isinstance(max_real, int) or max_real <= k:
         raise ValueError(f"max_real must be an int > k={k}, got {max_real!r}")
     chosen = resolve_variants(list(DEFAULT_VARIANTS) if variants is None else variants)
     data = load_data(settings)
+    synthetic = settings.ipc * data.num_classes
+    if k >= synthetic:  # checked before any set is distilled
+        raise ValueError(f"k must be smaller than the {synthetic} synthetic images (IPC "
+                         f"{settings.ipc} x {data.num_classes} classes), got {k}")
     prep = real_preprocessor(data, settings)
     train = preprocessed(data.train, prep)
     network = feature_network(train, data.num_classes, settings, steps=feature_steps,

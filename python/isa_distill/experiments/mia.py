@@ -216,6 +216,10 @@ def _check_run_args(budgets: int, target_epochs: int) -> None:
     for name, value in (("budgets", budgets), ("target_epochs", target_epochs)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive int, got {value!r}")
+    distinct = target_epochs.bit_length()  # halvings of target_epochs before 1 epoch
+    if budgets > distinct:
+        raise ValueError(f"budgets must be at most {distinct}: halving {target_epochs} target "
+                         f"epochs gives {distinct} distinct budgets, got {budgets}")
 
 
 def _check_ipc(ipc: int, members: Split, num_classes: int) -> None:
