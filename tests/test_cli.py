@@ -508,3 +508,16 @@ def test_show_still_shows_a_run_whose_pictures_cannot_be_written(capsys, tmp_pat
     assert "progress   2 / 2 steps" in out
     assert "pictures   not written: " in out and "images.png" in out
     assert sorted(p.name for p in run_dir.iterdir()) == before  # no temporary file left
+
+
+def test_evaluating_an_unfinished_run_says_so(capsys, tmp_path, monkeypatch):
+    run_dir = tmp_path / "run"
+    with monkeypatch.context() as patch:
+        interrupt_in_step(patch, 4)
+        assert main(["distill", "--ipc", "1", "--steps", "6", "--run-dir", str(run_dir),
+                     *TINY]) == 130  # fmt: skip
+    capsys.readouterr()
+    assert main(["evaluate", str(run_dir), "--eval-models", "1", "--eval-steps", "3",
+                 "--no-full-data", "--quiet"]) == 0  # fmt: skip
+    assert (f"note: {run_dir} stopped at step 2 of 6; this evaluates the set as it was then"
+            in capsys.readouterr().out)

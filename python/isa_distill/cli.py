@@ -604,6 +604,11 @@ def cmd_evaluate(args: argparse.Namespace, parallel) -> int:
         return load_distilled(args.run_dir).meta, _resolve_device(args.device)
 
     meta, device = parallel.from_writer(request)
+    done, planned = meta["steps_done"], meta["config"]["steps"]
+    if "source" not in meta and done < planned:  # an imported set has no steps of ours
+        _say(parallel)(f"note: {args.run_dir} stopped at step {done} of {planned}; this "
+                       f"evaluates the set as it was then (finish it with: {PROG} distill "
+                       f"--resume --run-dir {args.run_dir})")
     data = _load_run_data(meta, args.data_root)
     _print_evaluation(args.run_dir, data, args, device=device, parallel=parallel)
     return 0
