@@ -239,3 +239,18 @@ def test_ctrl_c_and_a_refused_out_folder_are_one_line(capsys, tmp_path, monkeypa
     assert cli.main(["ablate", "--out", str(tmp_path / "file" / "out"), "--quiet"]) == 1
     assert capsys.readouterr().err == (
         f"isa-distill ablate: error: Not a directory: {tmp_path / 'file' / 'out'}\n")
+
+
+def test_an_ablation_refuses_an_earlier_ones_folder_without_resume_and_a_busy_one(tmp_path):
+    from isa_distill.runs import RunInUseError, directory_lock
+
+    settings = experiment_settings("cpu", ipc=1, steps=2, batch_size=32, seeds=[0],
+                                   eval_models=1, eval_steps=2, progress=False)
+    out = tmp_path / "out"
+    out.mkdir()
+    with directory_lock(out, "another ablation is writing it"):  # as a second process would
+        with pytest.raises(RunInUseError, match="another ablation is writing it"):
+            run_ablation(settings, out, ["baseline"])
+    (out / "seeds.csv").write_text("variant,seed\n")
+    with pytest.raises(ValueError, match="holds the results of an earlier ablation"):
+        run_ablation(settings, out, ["baseline"])

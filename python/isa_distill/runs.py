@@ -319,6 +319,25 @@ def _damaged_meta(path: Path, problems: list[str]) -> RunDamagedError:
     )
 
 
+@contextlib.contextmanager
+def directory_lock(path: Path, why: str) -> Iterator[None]:
+    """An exclusive ``flock`` on the directory ``path`` for the duration (no lock file to leave
+    behind; the kernel drops it when the process dies); ``RunInUseError`` saying ``why`` when
+    another process holds it. A no-op where there is no ``fcntl`` (Windows)."""
+    if fcntl is None:
+        yield
+        return
+    handle = os.open(path, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RunInUseError(f"{path} is in use: {why}") from None
+        yield
+    finally:
+        os.close(handle)  # releases the lock
+
+
 def _not_a_run_directory(path: Path) -> RunNotFoundError:
     """Why ``path`` cannot be opened as a run directory, in words."""
     blocking = next((part for part in (path, *path.parents) if part.exists()), None)
@@ -383,25 +402,11 @@ class Run:
         meta["config"] = DistillConfig.from_dict(meta["config"]).to_dict()
         return cls(path, meta)
 
-    @contextlib.contextmanager
-    def writing(self) -> Iterator[None]:
+    def writing(self) -> contextlib.AbstractContextManager[None]:
         """Hold the run directory's lock while this process writes it: another process that
         tries to write the same run meanwhile gets ``RunInUseError``."""
-        if fcntl is None:
-            yield
-            return
-        handle = os.open(self.path, os.O_RDONLY)
-        try:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise RunInUseError(
-                    f"run directory {self.path} is in use: another process is distilling into "
-                    "it; wait for that one to finish (or stop it) and resume then"
-                ) from None
-            yield
-        finally:
-            os.close(handle)  # releases the lock
+        return directory_lock(self.path, "another process is distilling into it; wait for that "
+                                         "one to finish (or stop it) and resume then")
 
     @classmethod
     def open_for_resume(cls, path: str | os.PathLike, data) -> Run:

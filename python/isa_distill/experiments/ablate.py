@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..runs import atomic_write_text
+from ..runs import atomic_write_text, directory_lock
 from .output import csv_text, new_figure, paired_difference_bars, write_plot, write_table
 from .pipeline import distill_config, distill_variant, evaluate, load_data, preprocessed
 from .settings import ExperimentSettings, settings_key
@@ -56,9 +56,17 @@ def run_ablation(
     chosen.sort(key=lambda v: v.name != BASELINE)
     out_dir = Path(out_dir)
     key = settings_key(settings)
+    if not resume and (out_dir / SEEDS_FILE).is_file():
+        raise ValueError(f"{out_dir} holds the results of an earlier ablation ({SEEDS_FILE}); "
+                         "continue it with --resume (resume=True), or choose another --out")
     results = load_seed_results(out_dir, key) if resume else {}
     data = load_data(settings)
     out_dir.mkdir(parents=True, exist_ok=True)
+    with directory_lock(out_dir, "another ablation is writing it"):
+        return _run_ablation(settings, out_dir, chosen, key, results, data)
+
+
+def _run_ablation(settings, out_dir: Path, chosen, key, results, data) -> list[dict]:
     atomic_write_text(out_dir / SETTINGS_FILE, json.dumps(key, indent=1, sort_keys=True) + "\n")
     log = ProgressLog(out_dir / LOG_FILE)
     log(f"start: {_title(settings)}; variants {[v.name for v in chosen]}; "

@@ -143,7 +143,7 @@ def _handler(run: Callable[[argparse.Namespace], Path]) -> Callable[[argparse.Na
     def handle(args: argparse.Namespace) -> int:
         from ..cli import INTERRUPTED, os_error_line
         from ..data import DatasetError
-        from ..runs import RunNotFoundError
+        from ..runs import RunInUseError, RunNotFoundError
 
         try:
             if args.threads is not None:
@@ -155,7 +155,7 @@ def _handler(run: Callable[[argparse.Namespace], Path]) -> Callable[[argparse.Na
 
                 torch.set_num_threads(args.threads)
             out = run(args)
-        except (ValueError, DatasetError, RunNotFoundError) as error:
+        except (ValueError, DatasetError, RunNotFoundError, RunInUseError) as error:
             print(f"isa-distill {args.command}: error: {error}", file=sys.stderr)
             return USAGE_ERROR
         except OSError as error:  # --out refused by the file system: a file, read-only, ...

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from ..distill import distill
-from ..runs import atomic_write_text
+from ..runs import atomic_write_text, directory_lock
 from .names import resolve_names
 from .output import new_figure, paired_difference_bars, write_plot, write_table
 from .pipeline import distill_config, evaluate, load_data, preprocessed
@@ -143,28 +143,30 @@ def run_module_study(settings: ExperimentSettings, out_dir: str | Path,
     key = json.loads(json.dumps(key))  # tuples as lists, as stored
     results = Results.open(out_dir / RESULTS, key)
     data = load_data(settings)
-    for arm in chosen:
-        for seed in settings.seeds:
-            name = f"{arm.name}/{seed}"
-            if name in results.records:
-                continue
-            started = time.perf_counter()
-            result = distill(data, configs[arm.name][seed], progress=settings.progress)
-            distilled = time.perf_counter()
-            test = preprocessed(data.test, result.preprocessor)
-            evaluation = evaluate(result.training_images, result.training_labels, test, settings,
-                                  seed, dataset=data.name, num_classes=data.num_classes)
-            results.records[name] = Record(evaluation.mean, evaluation.accuracies,
-                                           distilled - started, time.perf_counter() - distilled)
-            results.save(out_dir / RESULTS)
-    arm_rows = [_arm_row(arm, settings, results) for arm in chosen]
-    rows = _comparison_rows([a.name for a in chosen], settings, results)
-    title = _title(settings, overrides)
-    write_table(out_dir, arm_rows, ARM_COLUMNS, name="arms", title=title)
-    if rows:
-        write_table(out_dir, rows, COLUMNS, title=title)
-        write_plot(out_dir, _plot(rows, settings))
-    return rows
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with directory_lock(out_dir, "another module study is writing it"):
+        for arm in chosen:
+            for seed in settings.seeds:
+                name = f"{arm.name}/{seed}"
+                if name in results.records:
+                    continue
+                started = time.perf_counter()
+                result = distill(data, configs[arm.name][seed], progress=settings.progress)
+                distilled = time.perf_counter()
+                test = preprocessed(data.test, result.preprocessor)
+                evaluation = evaluate(result.training_images, result.training_labels, test, settings,
+                                      seed, dataset=data.name, num_classes=data.num_classes)
+                results.records[name] = Record(evaluation.mean, evaluation.accuracies,
+                                               distilled - started, time.perf_counter() - distilled)
+                results.save(out_dir / RESULTS)
+        arm_rows = [_arm_row(arm, settings, results) for arm in chosen]
+        rows = _comparison_rows([a.name for a in chosen], settings, results)
+        title = _title(settings, overrides)
+        write_table(out_dir, arm_rows, ARM_COLUMNS, name="arms", title=title)
+        if rows:
+            write_table(out_dir, rows, COLUMNS, title=title)
+            write_plot(out_dir, _plot(rows, settings))
+        return rows
 
 
 def _arm_row(arm: Arm, settings: ExperimentSettings, results: Results) -> dict:
