@@ -231,3 +231,14 @@ def test_the_eager_finiteness_scan_is_exact_when_finite_values_overflow_the_sum(
     opposite = torch.tensor([float("inf"), float("-inf")])  # sums to NaN, still caught
     assert first_nonfinite({"x": opposite}) == "x"
     assert first_nonfinite({}) is None
+
+
+@pytest.mark.parametrize("status", [-1, "1", 1.5, 1 << 20, torch.tensor(1.0), torch.ones(2)])
+def test_a_status_that_is_not_status_bits_is_refused_not_read_as_another(status):
+    with pytest.raises(ValueError, match="status must be"):
+        raise_for_status(status)
+
+
+def test_a_nonfinite_bit_beyond_the_names_given_still_raises():
+    with pytest.raises(ValueError, match="argument 4 contains NaN or Inf"):
+        raise_for_status(Status.NONFINITE_ARG3, names=("support_features",))

@@ -334,3 +334,17 @@ def test_an_existing_run_directory_is_refused_before_any_work(tmp_path, capsys):
     assert (tmp_path / "run" / "notes.txt").read_text() == "mine"
     with pytest.raises(ImportFormatError, match="is not a file"):
         import_set("kip", tmp_path / "missing.npz", tmp_path / "run2", dataset="cifar10")
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(zca_reg="0.1"), "zca_reg must be a finite positive number or None, got '0.1'"),
+    (dict(zca_reg=0.0), "zca_reg must be a finite positive number"),
+    (dict(experiment="0"), "experiment must be an int >= 0, got '0'"),
+    (dict(zca="no"), "zca must be True, False or None, got 'no'"),
+])  # fmt: skip
+def test_import_options_of_the_wrong_kind_are_named(tmp_path, options, message):
+    np.savez(tmp_path / "kip.npz", images=np.zeros((10, 28, 28, 1)), labels=np.eye(10))
+    with pytest.raises(ValueError, match=message):
+        import_set("kip", tmp_path / "kip.npz", tmp_path / "run", dataset="fashion-mnist",
+                   **options)
+    assert not (tmp_path / "run").exists()

@@ -26,6 +26,8 @@ it as a status bit and :func:`raise_for_status` turns that into the usual ``Runt
 from __future__ import annotations
 
 import enum
+import functools
+import operator
 import warnings
 from collections.abc import Mapping
 
@@ -59,6 +61,7 @@ ESCALATIONS = (Status.RIDGE_ESCALATED_ONCE, Status.RIDGE_ESCALATED_TWICE,
                Status.RIDGE_ESCALATED_THRICE)
 NONFINITE_ARGS = (Status.NONFINITE_ARG0, Status.NONFINITE_ARG1, Status.NONFINITE_ARG2,
                   Status.NONFINITE_ARG3)
+ALL_BITS = functools.reduce(operator.or_, Status)
 ERRORS = (Status.NONFINITE_ARG0 | Status.NONFINITE_ARG1 | Status.NONFINITE_ARG2
           | Status.NONFINITE_ARG3 | Status.PARTNER_OUT_OF_RANGE | Status.NOT_POSITIVE_DEFINITE
           | Status.NONFINITE_RESULT | Status.NONFINITE_GRADIENT | Status.KERNEL_OVERFLOW)
@@ -107,6 +110,22 @@ def result_status(result: Tensor) -> Tensor:
     return flag(~torch.isfinite(result).all(), Status.NONFINITE_RESULT)
 
 
+def _status_value(status: Tensor | int) -> Status:
+    """``status`` as a Status; anything but an int (or 0-d integer tensor) holding known bits
+    is a ValueError, so no problem is read as another or as none."""
+    if isinstance(status, Tensor):
+        if status.numel() != 1 or status.is_floating_point():
+            raise ValueError(f"status must be a 0-d integer tensor, got {status.dtype} of "
+                             f"shape {tuple(status.shape)}")
+        status = int(status)
+    if isinstance(status, bool) or not isinstance(status, int) or status < 0 or (
+        status & ~int(ALL_BITS)
+    ):
+        raise ValueError(f"status must be an int of Status bits (0 to {int(ALL_BITS)}), got "
+                         f"{status!r}")
+    return Status(status)
+
+
 def raise_for_status(
     status: Tensor | int,
     *,
@@ -126,9 +145,10 @@ def raise_for_status(
     used, if known) names the values. ``names`` are the four tensor arguments in order (for ``krr_predict``: support
     features, support labels, query features). Returns the status as a :class:`Status`.
     """
-    value = Status(int(status))
-    for bit, name in zip(NONFINITE_ARGS, names):
+    value = _status_value(status)
+    for index, bit in enumerate(NONFINITE_ARGS):
         if value & bit:
+            name = names[index] if index < len(names) else f"argument {index + 1}"
             raise ValueError(f"{name} contains NaN or Inf; all inputs must be finite")
     if value & Status.PARTNER_OUT_OF_RANGE:
         raise ValueError("partner indices must lie in [0, N)")

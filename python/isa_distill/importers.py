@@ -40,9 +40,11 @@ describes the evaluation network only (Conv, width 128, depth 3, the networks of
 
 from __future__ import annotations
 
+import math
 import os
 import pickle
 from dataclasses import dataclass
+from numbers import Real
 from pathlib import Path
 from typing import Any
 
@@ -285,8 +287,13 @@ def import_set(
     if dataset not in DATASETS:
         raise ValueError(f"dataset must be one of {', '.join(DATASETS)} (the datasets these "
                          f"projects published sets of that isa-distill reads), got {dataset!r}")
-    if zca_reg is not None and not zca_reg > 0:
-        raise ValueError(f"zca_reg must be positive, got {zca_reg}")
+    if zca_reg is not None and (isinstance(zca_reg, bool) or not isinstance(zca_reg, Real)
+                                or not 0 < zca_reg < math.inf):
+        raise ValueError(f"zca_reg must be a finite positive number or None, got {zca_reg!r}")
+    if isinstance(experiment, bool) or not isinstance(experiment, int) or experiment < 0:
+        raise ValueError(f"experiment must be an int >= 0, got {experiment!r}")
+    if zca is not None and not isinstance(zca, bool):
+        raise ValueError(f"zca must be True, False or None, got {zca!r}")
     path = Path(file)
     if not path.is_file():
         raise ImportFormatError(f"{path} is not a file")
