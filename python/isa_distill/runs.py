@@ -56,13 +56,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-from safetensors import SafetensorError
-
 try:
     import fcntl
-except ImportError:  # not on Windows, where runs are not locked
+except ImportError:  # not on Windows, where directories are not locked
     fcntl = None
+
+import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
 from .data.preprocess import Preprocessor
@@ -111,7 +111,8 @@ class RunNotFoundError(FileNotFoundError):
 
 
 class RunInUseError(RuntimeError):
-    """Another process is distilling into the run directory."""
+    """Another process is writing the directory: a run being distilled, or an experiment's
+    output folder (``directory_lock``)."""
 
 
 class RunDamagedError(RunNotFoundError):
