@@ -186,6 +186,10 @@ def test_select_every_without_best_val_is_refused_before_distilling(capsys, tmp_
     assert main(["distill", "--run-dir", str(run_dir), *TINY, "--select-every", "5"]) == 2
     assert "--select-every applies to --select best-val only" in error_line(capsys)
     assert not run_dir.exists()
+    assert main(["distill", "--run-dir", str(run_dir), *TINY, "--select", "best-val",
+                 "--select-every", "100"]) == 2  # TINY has --eval-steps 3
+    assert "--select-every 100 exceeds --eval-steps 3" in error_line(capsys)
+    assert not run_dir.exists()
 
 
 @pytest.mark.parametrize("flag", ["--formation", "--random-models", "--random-width",

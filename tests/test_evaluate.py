@@ -139,6 +139,8 @@ def test_nonsense_that_would_score_silently_is_refused(digits):
         (dict(steps=2.5), "steps must be an int >= 1, got 2.5"),
         (dict(num_models=1.5), "num_models must be an int >= 1"),
         (dict(num_models=10**20), "num_models must be at most 1000"),
+        (dict(select="best-val", select_every=100, val=val, steps=2),
+         "select_every=100 exceeds the networks' 2 steps"),
         (dict(batch_size="8"), "batch_size must be an int >= 1"),
     ]
     for change, message in cases:

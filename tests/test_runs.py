@@ -199,6 +199,10 @@ def test_load_distilled_reports_what_is_missing(tmp_path):
     (run.path / DISTILLED).unlink()  # recorded in meta.json, so its absence is damage
     with pytest.raises(RunDamagedError, match="distilled.safetensors is missing"):
         load_distilled(run.path)
+    (run.path / DISTILLED).mkdir()
+    with pytest.raises(RunDamagedError, match="distilled.safetensors is not a regular file"):
+        load_distilled(run.path)
+    (run.path / DISTILLED).rmdir()
     run.meta.update(sha256={}, sha256_pending={})
     run.update_meta(steps_done=0, elapsed=0.0)  # as before the first checkpoint
     with pytest.raises(RunNotFoundError, match="no distilled.safetensors yet"):

@@ -304,6 +304,9 @@ def _check_eval_options(args: argparse.Namespace) -> None:
     """Catch contradictory evaluation flags before any distillation time is spent."""
     if args.select_every is not None and args.select != "best-val":
         raise CliError("--select-every applies to --select best-val only")
+    if None not in (args.select_every, args.eval_steps) and args.select_every > args.eval_steps:
+        raise CliError(f"--select-every {args.select_every} exceeds --eval-steps "
+                       f"{args.eval_steps}: best-val would have only the final weights")
 
 
 def cmd_distill(args: argparse.Namespace, parallel) -> int:

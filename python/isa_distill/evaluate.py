@@ -467,6 +467,9 @@ def evaluate_set(
         seeds = [seeds[i] for i in networks]
     steps = protocol_steps(len(images)) if steps is None else steps
     _check_count("steps", steps)
+    if select == "best-val" and select_every is not None and select_every > steps:
+        raise ValueError(f"select_every={select_every} exceeds the networks' {steps} steps: "
+                         "best-val would have only the final weights to choose from")
     if isinstance(lr, bool) or not isinstance(lr, numbers.Real) or not 0 < lr < math.inf:
         raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
     batch_size = min(len(images), MAX_BATCH_SIZE) if batch_size is None else batch_size

@@ -532,8 +532,9 @@ class Run:
         recorded.discard(None)
         if not path.is_file():
             if recorded:
+                what = "is not a regular file" if path.exists() else "is missing"
                 raise RunDamagedError(
-                    f"{path} is missing, although meta.json records that it was written; "
+                    f"{path} {what}, although meta.json records that it was written; "
                     "restore it from a backup, or distil the run again"
                 )
             raise RunNotFoundError(f"run {self.path} has no {name} yet")
