@@ -382,7 +382,8 @@ def test_a_foreign_checkpoint_in_a_run_without_hashes_is_refused(tiny_digits, tm
     meta = json.loads((run_dir / META).read_text())
     del meta["sha256"], meta["sha256_pending"]
     (run_dir / META).write_text(json.dumps(meta))
-    for foreign, message in (({}, r"it lacks \['step'"), ({**older, "step": "x"}, "its step is .x., not a count"),
+    for foreign, message in (({}, r"it lacks \['step'"),
+                             ({**older, "step": "x"}, "its step is .x., not a count"),
                              (older, "it holds step 2, but meta.json says 4 steps were done")):
         torch.save(foreign, run_dir / CHECKPOINT)
         with pytest.raises(runs.RunDamagedError, match="is not this run's checkpoint: " + message):

@@ -87,7 +87,8 @@ def _parser() -> argparse.ArgumentParser:
                      help="ZCA whitening (default: the protocol's rule for the dataset)")
     run.add_argument("--backend", choices=("auto", "rust", "torch"),
                      help="loss backend (default: auto = rust on CPU, torch elsewhere)")
-    run.add_argument("--seed", type=int, help="seed of every random draw, 0 to 2^32 - 1 (default: 0)")
+    run.add_argument("--seed", type=int,
+                     help="seed of every random draw, 0 to 2^32 - 1 (default: 0)")
     run.add_argument("--device", help="auto (default: CUDA when available, else the CPU; the "
                      "run records the device used), cpu, cuda, cuda:1, ...")
     run.add_argument("--autocast", action=argparse.BooleanOptionalAction, default=None,
@@ -568,14 +569,14 @@ def _flag(name: str, value) -> str:
 def _check_device(device: str) -> None:
     import torch
 
+    from .devices import parse_device
+
     if device == "auto":
         return
     try:
-        kind = torch.device(device).type
-    except RuntimeError:
-        kind = None
-    if kind not in ("cpu", "cuda"):
-        raise CliError(f"--device must be auto, cpu, cuda or cuda:N, got {device!r}")
+        kind = parse_device(device).type
+    except ValueError:
+        raise CliError(f"--device must be auto, cpu, cuda or cuda:N, got {device!r}") from None
     if kind == "cuda" and not torch.cuda.is_available():
         raise CliError(f"--device {device} requested but CUDA is not available; use --device cpu")
 

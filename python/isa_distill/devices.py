@@ -20,11 +20,21 @@ def resolve_device(device: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def check_available(device: str) -> None:
-    """ValueError when ``device`` (resolved, e.g. "cuda:1") is a GPU this machine lacks."""
-    parsed = torch.device(device)
-    if parsed.type not in ("cpu", "cuda"):
+def parse_device(device: str) -> torch.device:
+    """``device`` (not "auto") as a torch.device; ValueError unless it is cpu, cuda or
+    cuda:N, the devices a run can use."""
+    try:
+        parsed = torch.device(device)
+    except RuntimeError:
+        parsed = None
+    if parsed is None or parsed.type not in ("cpu", "cuda"):
         raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {device!r}")
+    return parsed
+
+
+def check_available(device: str) -> None:
+    """ValueError when ``device`` (resolved, e.g. "cuda:1") is not a device this machine has."""
+    parsed = parse_device(device)
     if parsed.type != "cuda":
         return
     count = torch.cuda.device_count() if torch.cuda.is_available() else 0

@@ -44,7 +44,7 @@ from tqdm.auto import tqdm
 from . import checks, runs
 from .data import DatasetSplits, Split, allows_flip, class_balanced_subset, uses_zca_by_default
 from .data.preprocess import Preprocessor
-from .devices import AUTO, check_available, resolve_device
+from .devices import AUTO, check_available, parse_device, resolve_device
 from .draws import check_seed, draw_rows, draw_seed, make_generators
 from .evaluate import centred_one_hot
 from .formation import as_training_set, check_formation, encode_mosaic
@@ -226,11 +226,9 @@ class DistillConfig:
                               f"{self.lr_final_fraction}")
         if self.device != AUTO:
             try:
-                torch.device(self.device)
-            except RuntimeError as error:
-                raise ConfigError(
-                    "device", f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}"
-                ) from error
+                parse_device(self.device)
+            except ValueError as error:
+                raise ConfigError("device", str(error)) from None
 
     def _check_types(self) -> None:
         """Flags and numbers of the right kind: a string where a bool goes would be truthy

@@ -136,13 +136,20 @@ def _test_pair(test, name: str = "test") -> tuple[torch.Tensor, torch.Tensor]:
             f"{name} must hold (n, c, h, w) images and (n,) labels with n > 0, got "
             f"{tuple(images.shape)} and {tuple(labels.shape)}"
         )
-    if labels.is_floating_point() or labels.dtype == torch.bool or int(labels.min()) < 0:
-        raise ValueError(f"{name} labels must be class indices >= 0, got {labels.dtype} values "
-                         f"from {labels.min().item()} to {labels.max().item()}")
-    if not images.is_floating_point() or not torch.isfinite(images).all():
-        raise ValueError(f"{name} images must be finite floats, got {images.dtype}"
-                         + ("" if not images.is_floating_point() else " with NaN or Inf"))
+    if labels.is_floating_point() or labels.dtype == torch.bool:
+        raise ValueError(f"{name} labels must be class indices >= 0, got {labels.dtype}")
+    if not images.is_floating_point():
+        raise ValueError(f"{name} images must be finite floats, got {images.dtype}")
     return images, labels.long()
+
+
+def _check_pair_values(images: torch.Tensor, labels: torch.Tensor, name: str) -> None:
+    """The value checks of a test or val pair, once per evaluation: they read the tensors
+    back, which ``test_accuracy`` (called at every best-val scoring) does not repeat."""
+    if int(labels.min()) < 0:
+        raise ValueError(f"{name} labels must be class indices >= 0, found {int(labels.min())}")
+    if not torch.isfinite(images).all():
+        raise ValueError(f"{name} images must be finite floats, got NaN or Inf")
 
 
 def _check_recipe(batches: str, select: str, select_every: int | None, val) -> None:
@@ -443,6 +450,7 @@ def evaluate_set(
     """
     _check_recipe(batches, select, select_every, val)
     test_images, test_labels = _test_pair(test)
+    _check_pair_values(test_images, test_labels, "test")
     targets = _targets(images, labels, num_classes, test_labels)
     if test_images.shape[1:] != images.shape[1:]:
         raise ValueError(
@@ -450,7 +458,8 @@ def evaluate_set(
             f"{tuple(images.shape[1:])}"
         )
     if val is not None and select == "best-val":
-        val_images = _test_pair(val, "val")[0]
+        val_images, val_labels = _test_pair(val, "val")
+        _check_pair_values(val_images, val_labels, "val")
         if val_images.shape[1:] != images.shape[1:]:
             raise ValueError(
                 f"val images have shape {tuple(val_images.shape[1:])} per sample, the set has "

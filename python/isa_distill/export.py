@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .runs import Distilled, load_distilled
+from .runs import Distilled, load_distilled, nearest_existing
 
 FORMATS = ("png", "image-folder", "npz")
 NPZ_FILE = "distilled.npz"
@@ -94,7 +94,7 @@ def export_run(run_dir: str | os.PathLike, format: str, out: str | os.PathLike) 
 
 
 def _check_new_folder(out: Path) -> None:
-    blocking = next((part for part in out.parents if part.exists()), None)
+    blocking = nearest_existing(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         what = "is not a folder" if not out.is_dir() else "already exists and is not empty"
     elif blocking is not None and not blocking.is_dir():

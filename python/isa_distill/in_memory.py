@@ -38,7 +38,8 @@ def tensor_splits(
     if class_names is None:
         class_names = [str(k) for k in range(num_classes)]
     if isinstance(class_names, (str, bytes)):
-        raise TypeError(f"class_names must be a sequence of names, not one {type(class_names).__name__}")
+        raise TypeError("class_names must be a sequence of names, not one "
+                        f"{type(class_names).__name__}")
     class_names = [str(name) for name in class_names]
     if len(set(class_names)) != len(class_names):
         raise ValueError(f"class_names must be distinct, got {class_names}")

@@ -27,7 +27,8 @@ def _save(figure: plt.Figure, path: Path, dpi: int) -> Path:
     with warnings.catch_warnings():
         # Class names in scripts the default font lacks (CJK, ...) show as boxes; matplotlib
         # would otherwise warn once per missing character.
-        warnings.filterwarnings("ignore", message=r"Glyph \d+ .* missing from", category=UserWarning)
+        warnings.filterwarnings("ignore", message=r"Glyph \d+ .* missing from",
+                                category=UserWarning)
         atomic_write(path, lambda tmp: figure.savefig(tmp, format="png", dpi=dpi,
                                                       bbox_inches="tight"))
     plt.close(figure)

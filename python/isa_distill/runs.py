@@ -339,9 +339,15 @@ def directory_lock(path: Path, why: str) -> Iterator[None]:
         os.close(handle)  # releases the lock
 
 
+def nearest_existing(path: Path) -> Path | None:
+    """``path`` if it exists, else its nearest ancestor that does (None: none does); when that
+    is a regular file, no folder can be made at ``path``."""
+    return next((part for part in (path, *path.parents) if part.exists()), None)
+
+
 def _not_a_run_directory(path: Path) -> RunNotFoundError:
     """Why ``path`` cannot be opened as a run directory, in words."""
-    blocking = next((part for part in (path, *path.parents) if part.exists()), None)
+    blocking = nearest_existing(path)
     if blocking is not None and not blocking.is_dir():
         where = "it is" if blocking == path else f"{blocking} is"
         return RunNotFoundError(f"{path} is not a run directory: {where} a regular file")
@@ -370,7 +376,7 @@ class Run:
         """``RunExistsError`` unless ``create(path)`` would succeed; changes nothing (the CLI
         asks before it loads any data)."""
         path = Path(path)
-        blocking = next((part for part in (path, *path.parents) if part.exists()), None)
+        blocking = nearest_existing(path)
         if blocking is not None and not blocking.is_dir():
             where = f"{path} is a regular file" if blocking == path else (
                 f"{blocking}, on its path, is a regular file")

@@ -36,7 +36,7 @@ from .errors import DatasetFormatError, DatasetNotFoundError
 from .files import is_dir, is_file, reason
 from .idx import has_idx_files, load_idx_splits
 from .image_folder import MAX_IMAGE_SIZE, load_image_folder
-from .splits import DatasetSplits, Split, stratified_holdout
+from .splits import DatasetSplits, Split, check_labels, stratified_holdout
 
 KNOWN_DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10", "cifar100", "image-folder")
 # The name of data handed over as tensors (``isa_distill.distill_tensors``): the protocol's
@@ -204,14 +204,6 @@ def _check_room_for(
     )
 
 
-def _check_labels(split: Split, num_classes: int, where: str) -> None:
-    if len(split) and (int(split.labels.min()) < 0 or int(split.labels.max()) >= num_classes):
-        raise DatasetFormatError(
-            f"{where}: labels must lie in [0, {num_classes}), found "
-            f"[{int(split.labels.min())}, {int(split.labels.max())}]"
-        )
-
-
 def _raw_splits(
     name: str, root: Path | None, image_size: int | None, grayscale: bool, names: ArgumentNames
 ) -> tuple[dict[str, Split], list[str], Path | None]:
@@ -280,7 +272,8 @@ def load_dataset(
     root = None if root is None else _expanded(root, "data root")
     splits, class_names, source = _raw_splits(name, root, image_size, grayscale, argument_names)
     for split_name, split in splits.items():
-        _check_labels(split, len(class_names), f"{name} {split_name} split")
+        check_labels(split, len(class_names), f"{name} {split_name} split",
+                     DatasetFormatError)
     train = splits["train"]
     holdouts = [] if "test" in splits else ["carved test"]
     if "val" not in splits and val_size != 0:

@@ -84,7 +84,7 @@ class DatasetSplits:
                 if split_name == "train":
                     raise ValueError("the train split is empty")
                 continue
-            images, labels = split.images, split.labels
+            images = split.images
             where = f"{self.name} {split_name} split"
             if tuple(images.shape[1:]) != shape:
                 raise ValueError(f"{where}: images of {tuple(images.shape[1:])}, but the train "
@@ -93,9 +93,17 @@ class DatasetSplits:
                 raise ValueError(f"{where}: images must be float32 in [0, 1], got {images.dtype}")
             if not torch.isfinite(images).all() or images.min() < 0 or images.max() > 1:
                 raise ValueError(f"{where}: images must lie in [0, 1] (no NaN or Inf)")
-            if int(labels.min()) < 0 or int(labels.max()) >= len(names):
-                raise ValueError(f"{where}: labels must lie in [0, {len(names)}) (one per class "
-                                 f"name), found {int(labels.min())} to {int(labels.max())}")
+            check_labels(split, len(names), where)
+
+
+def check_labels(split: Split, num_classes: int, where: str,
+                 error: type[ValueError] = ValueError) -> None:
+    """Raise ``error`` naming ``where`` unless every label lies in [0, num_classes)."""
+    if len(split) and (int(split.labels.min()) < 0 or int(split.labels.max()) >= num_classes):
+        raise error(
+            f"{where}: labels must lie in [0, {num_classes}), found "
+            f"[{int(split.labels.min())}, {int(split.labels.max())}]"
+        )
 
 
 def stratified_holdout(

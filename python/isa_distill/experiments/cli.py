@@ -162,7 +162,8 @@ def _handler(run: Callable[[argparse.Namespace], Path]) -> Callable[[argparse.Na
             print(f"isa-distill {args.command}: error: {os_error_line(error)}", file=sys.stderr)
             return 1
         except KeyboardInterrupt:
-            again = " (add --resume to continue where it stopped)" if hasattr(args, "resume") else ""
+            again = (" (add --resume to continue where it stopped)"
+                     if hasattr(args, "resume") else "")
             print(f"isa-distill {args.command}: interrupted{again}", file=sys.stderr)
             return INTERRUPTED
         written = sorted(p.name for p in out.iterdir() if p.suffix in (".md", ".csv", ".png"))

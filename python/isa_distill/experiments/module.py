@@ -154,10 +154,12 @@ def run_module_study(settings: ExperimentSettings, out_dir: str | Path,
                 result = distill(data, configs[arm.name][seed], progress=settings.progress)
                 distilled = time.perf_counter()
                 test = preprocessed(data.test, result.preprocessor)
-                evaluation = evaluate(result.training_images, result.training_labels, test, settings,
-                                      seed, dataset=data.name, num_classes=data.num_classes)
+                evaluation = evaluate(result.training_images, result.training_labels, test,
+                                      settings, seed, dataset=data.name,
+                                      num_classes=data.num_classes)
                 results.records[name] = Record(evaluation.mean, evaluation.accuracies,
-                                               distilled - started, time.perf_counter() - distilled)
+                                               distilled - started,
+                                               time.perf_counter() - distilled)
                 results.save(out_dir / RESULTS)
         arm_rows = [_arm_row(arm, settings, results) for arm in chosen]
         rows = _comparison_rows([a.name for a in chosen], settings, results)
